@@ -1,0 +1,3 @@
+"""olbproxy: an Ollama-compatible load-balancing reverse proxy."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,172 @@
+"""Admission: a request waits for a free slot instead of piling onto a busy instance.
+
+Each group has one bounded queue made of one pair of lanes per user: interactive
+(streaming) requests and background ones (non-streaming, e.g. Open WebUI's title and
+tag tasks). A freed slot goes to the next user in rotation, and within that user's
+turn to the interactive lane first, so one user's burst cannot starve the others.
+A waiter that cannot be served any more (its client left, its wait timed out, every
+backend it may use went down) leaves the queue at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict, deque
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from olbproxy.errors import Unavailable
+
+if TYPE_CHECKING:
+    from olbproxy.pool import Backend, Group
+
+# What we tell a client to wait before retrying when we cannot queue it.
+RETRY_AFTER = 5.0
+
+
+@dataclass(eq=False)
+class Waiter:
+    user: str
+    model: str
+    interactive: bool
+    exclude: Collection[Backend]
+    future: asyncio.Future[Backend] = field(repr=False)
+    since: float = field(default_factory=time.monotonic)
+
+
+class Admission:
+    """The wait queue of one group."""
+
+    def __init__(self, group: Group) -> None:
+        self.group = group
+        self._users: OrderedDict[str, tuple[deque[Waiter], deque[Waiter]]] = OrderedDict()
+        self.waiting = 0
+        self.closed: str | None = None
+
+    async def acquire(
+        self,
+        model: str,
+        *,
+        user: str,
+        interactive: bool,
+        exclude: Collection[Backend] = (),
+    ) -> Backend:
+        """Take a slot for ``model`` on a backend not in ``exclude``; wait if none is free."""
+        group = self.group
+        if self.closed:
+            raise Unavailable(self.closed, retry_after=RETRY_AFTER)
+        if not group.healthy(exclude):
+            raise Unavailable(self.none_healthy(exclude), retry_after=RETRY_AFTER)
+        backend = group.pick(model, exclude)
+        if backend is not None:
+            backend.take(model)
+            return backend
+        limit = group.settings.queue_size
+        if self.waiting >= limit:
+            raise Unavailable(
+                f"group {group.name!r} is at capacity: all slots are busy and "
+                f"{limit} requests are already waiting",
+                retry_after=RETRY_AFTER,
+            )
+        waiter = Waiter(
+            user, model, interactive, exclude, asyncio.get_running_loop().create_future()
+        )
+        self._enqueue(waiter)
+        timeout = group.settings.queue_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                return await waiter.future
+        except TimeoutError:
+            self._abandon(waiter)
+            raise Unavailable(
+                f"group {group.name!r} had no free slot for {timeout:g}s",
+                retry_after=RETRY_AFTER,
+            ) from None
+        except BaseException:
+            # The client left (cancellation) or the queue failed us: never keep a slot
+            # that a completed future handed over a moment too late.
+            self._abandon(waiter)
+            raise
+
+    def dispatch(self) -> None:
+        """Hand free slots to waiters, fairly; fail waiters no backend can serve any more."""
+        group = self.group
+        served = True
+        while self.waiting and served:
+            served = False
+            for user, lanes in list(self._users.items()):
+                for lane in lanes:
+                    for waiter in lane:
+                        backend = group.pick(waiter.model, waiter.exclude)
+                        if backend is not None:
+                            backend.take(waiter.model)
+                            self._remove(waiter)
+                            waiter.future.set_result(backend)
+                            if user in self._users:
+                                self._users.move_to_end(user)
+                            served = True
+                            break
+                        if not group.healthy(waiter.exclude):
+                            self._remove(waiter)
+                            reason = self.none_healthy(waiter.exclude)
+                            waiter.future.set_exception(
+                                Unavailable(reason, retry_after=RETRY_AFTER)
+                            )
+                            served = True
+                            break
+                    if served:
+                        break
+                if served:
+                    break
+
+    def close(self, reason: str) -> None:
+        """Fail everyone still waiting (the group was removed by a reload)."""
+        self.closed = reason
+        for lanes in list(self._users.values()):
+            for lane in lanes:
+                for waiter in list(lane):
+                    self._remove(waiter)
+                    waiter.future.set_exception(Unavailable(reason, retry_after=RETRY_AFTER))
+
+    def _enqueue(self, waiter: Waiter) -> None:
+        lanes = self._users.get(waiter.user)
+        if lanes is None:
+            lanes = self._users[waiter.user] = (deque(), deque())
+        lanes[0 if waiter.interactive else 1].append(waiter)
+        self.waiting += 1
+
+    def _remove(self, waiter: Waiter) -> bool:
+        lanes = self._users.get(waiter.user)
+        if lanes is None:
+            return False
+        lane = lanes[0 if waiter.interactive else 1]
+        try:
+            lane.remove(waiter)
+        except ValueError:
+            return False
+        self.waiting -= 1
+        if not lanes[0] and not lanes[1]:
+            del self._users[waiter.user]
+        return True
+
+    def _abandon(self, waiter: Waiter) -> None:
+        if self._remove(waiter):
+            return
+        future = waiter.future
+        if future.done() and not future.cancelled() and future.exception() is None:
+            # A slot was assigned just as the waiter gave up: give it to the next one.
+            backend = future.result()
+            backend.give(waiter.model)
+            self.group.slot_freed(backend)
+
+    def none_healthy(self, exclude: Collection[Backend]) -> str:
+        group = self.group
+        if exclude and group.healthy():
+            return f"every backend of group {group.name!r} failed this request"
+        down = ", ".join(f"{b.label} ({b.last_error or 'down'})" for b in group.backends)
+        return f"no healthy backend in group {group.name!r}: {down}"
+
+    def __repr__(self) -> str:
+        return f"<Admission {self.group.name} waiting={self.waiting} users={len(self._users)}>"

@@ -1,0 +1,404 @@
+"""Settings: one frozen object built once by ``load()`` and passed in everywhere.
+
+Order of precedence: built-in defaults, then the YAML file, then the environment (a
+``.env.local`` file beside the config, as the seed app used, then the real process
+environment, which wins). Every validation message names the file and the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
+
+import yaml
+
+from olbproxy.errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "olbproxy.yaml"
+
+ModelStore = Literal["shared", "separate"]
+Registration = Literal["open", "invite", "closed"]
+
+
+@dataclass(frozen=True)
+class GroupSettings:
+    """One port group: the models it serves and the Ollama instances that serve them."""
+
+    name: str
+    models: tuple[str, ...]
+    endpoints: tuple[str, ...]
+    # Concurrent requests per instance; match the instances' OLLAMA_NUM_PARALLEL.
+    slots: int = 1
+    queue_size: int = 256
+    queue_timeout: float = 300.0
+    # Long enough for a cold load of a 120B model from disk.
+    first_byte_timeout: float = 600.0
+    idle_timeout: float = 120.0
+    # Non-streaming answers arrive whole at the end, so they get a total bound instead.
+    total_timeout: float = 1800.0
+    max_attempts: int = 3
+    # "shared": all instances read one ~/.ollama/models (one Mac), so pull/create/delete
+    # go to one instance; "separate": every instance has its own store.
+    model_store: ModelStore = "shared"
+    warmup: bool = False
+    keep_alive: str | None = None
+
+    @property
+    def catch_all(self) -> bool:
+        return "*" in self.models
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    interval: float = 5.0
+    timeout: float = 3.0
+    # Consecutive failures (active or passive) before a backend leaves the rotation.
+    fail_threshold: int = 2
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    enabled: bool = True
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    token_ttl: float = 7 * 24 * 3600.0
+    issuer: str | None = None
+    audience: str | None = None
+    bcrypt_cost: int = 12
+    registration: Registration = "open"
+    invite_codes: tuple[str, ...] = field(default=(), repr=False)
+    trusted_networks: tuple[str, ...] = ()
+    trusted_user: str | None = None
+    login_attempts: int = 5
+    login_window: float = 300.0
+    # How long a verified API key or token stays cached; revocations show within this.
+    cache_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    mongodb_uri: str | None = field(default=None, repr=False)
+    database: str = "olbproxy"
+    # "memory" keeps everything in process (demo); "mongodb" needs mongodb_uri.
+    backend: Literal["mongodb", "memory"] = "mongodb"
+    spool_dir: str = "var/spool"
+    queue_size: int = 10_000
+    batch_size: int = 200
+    store_content: bool = True
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    enabled: bool = True
+    # "open", "token" (admin bearer), or a separate "host:port" listener.
+    access: Literal["open", "token"] = "open"
+    listen: str | None = None
+    user_labels: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 11434
+    groups: tuple[GroupSettings, ...] = ()
+    origins: tuple[str, ...] = ()
+    max_body_bytes: int = 64 * 1024 * 1024
+    connect_timeout: float = 5.0
+    shutdown_deadline: float = 60.0
+    log_level: str = "INFO"
+    health: HealthSettings = HealthSettings()
+    auth: AuthSettings = AuthSettings()
+    store: StoreSettings = StoreSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    source: str = "<defaults>"
+    # Things the operator should read at start-up (e.g. OLLAMA_ENDPOINTS took over).
+    notices: tuple[str, ...] = ()
+
+    def group(self, name: str) -> GroupSettings | None:
+        return next((g for g in self.groups if g.name == name), None)
+
+
+_GROUP_KEYS = {f.name for f in fields(GroupSettings)}
+_SECTIONS: dict[str, type] = {
+    "health": HealthSettings,
+    "auth": AuthSettings,
+    "store": StoreSettings,
+    "metrics": MetricsSettings,
+}
+_TOP_KEYS = {
+    "listen",
+    "groups",
+    "group_defaults",
+    "origins",
+    "max_body_bytes",
+    "connect_timeout",
+    "shutdown_deadline",
+    "log_level",
+    *_SECTIONS,
+}
+
+
+class _Reader:
+    """Typed access to one YAML mapping, with errors that name the file and key path."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {key}: {message}")
+
+    def mapping(self, key: str, value: Any, allowed: set[str]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise self.fail(key, f"expected a mapping, got {type(value).__name__}")
+        for name in value:
+            if name not in allowed:
+                near = difflib.get_close_matches(str(name), sorted(allowed), n=1)
+                hint = f" (did you mean '{near[0]}'?)" if near else ""
+                where = f"{key}.{name}" if key else str(name)
+                raise self.fail(where, f"unknown key{hint}")
+        return dict(value)
+
+    def convert(self, key: str, value: Any, kind: Any) -> Any:
+        """Convert one value to a dataclass field's (resolved) type."""
+        args = get_args(kind)
+        if get_origin(kind) in (Union, UnionType):
+            if value is None and type(None) in args:
+                return None
+            kind = next(a for a in args if a is not type(None))
+            args = get_args(kind)
+        if get_origin(kind) is Literal:
+            if value not in args:
+                choices = ", ".join(map(str, args))
+                raise self.fail(key, f"must be one of {choices}, got {value!r}")
+            return value
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise self.fail(key, f"expected true or false, got {value!r}")
+            return value
+        if kind is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise self.fail(key, f"expected a whole number, got {value!r}")
+            return value
+        if kind is float:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise self.fail(key, f"expected a number of seconds, got {value!r}")
+            return float(value)
+        if get_origin(kind) is tuple:
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
+                raise self.fail(key, f"expected a list of strings, got {value!r}")
+            return tuple(str(v) for v in value)
+        if kind is str:
+            if not isinstance(value, str | int | float) or isinstance(value, bool):
+                raise self.fail(key, f"expected a string, got {value!r}")
+            return str(value)
+        raise self.fail(key, f"unsupported setting type {kind}")  # pragma: no cover
+
+    def dataclass_fields(
+        self, key: str, raw: dict[str, Any], cls: type, skip: frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
+        hints = get_type_hints(cls)
+        out: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name in raw and f.name not in skip:
+                where = f"{key}.{f.name}" if key else f.name
+                out[f.name] = self.convert(where, raw[f.name], hints[f.name])
+        return out
+
+
+def parse_listen(text: str, where: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where}: expected host:port, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def normalise_endpoint(url: str, where: str) -> str:
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: {url!r} is not an http(s) URL like http://127.0.0.1:11435")
+    try:
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {url!r}: {exc}") from None
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Parse a dotenv file the way Next.js does for the keys we read (no command expansion)."""
+    values: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if value[:1] in ("'", '"') and value.endswith(value[0]) and len(value) > 1:
+            value = value[1:-1]
+        else:
+            value = value.split(" #", 1)[0].strip()
+        values[key.strip()] = value
+    return values
+
+
+def _groups(reader: _Reader, raw: Any, defaults: dict[str, Any]) -> tuple[GroupSettings, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise reader.fail("groups", "expected a list of groups")
+    groups: list[GroupSettings] = []
+    for i, item in enumerate(raw):
+        key = f"groups[{i}]"
+        data = reader.mapping(key, item, _GROUP_KEYS)
+        for required in ("name", "models", "endpoints"):
+            if not data.get(required):
+                raise reader.fail(f"{key}.{required}", "is required")
+        values = {**defaults, **reader.dataclass_fields(key, data, GroupSettings)}
+        values["endpoints"] = tuple(
+            normalise_endpoint(url, f"{reader.source}: {key}.endpoints[{j}]")
+            for j, url in enumerate(values["endpoints"])
+        )
+        groups.append(GroupSettings(**values))
+    names = [g.name for g in groups]
+    for name in names:
+        if names.count(name) > 1:
+            raise reader.fail("groups", f"group name {name!r} is used twice")
+    return tuple(groups)
+
+
+def load(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from defaults, the YAML file at ``path`` and the environment."""
+    environ = dict(os.environ if environ is None else environ)
+    source = str(path) if path is not None else "<defaults>"
+    raw: Any = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        dotenv = Path(path).resolve().parent / ".env.local"
+        if dotenv.is_file():
+            environ = {**read_dotenv(dotenv), **environ}
+    reader = _Reader(source)
+    top = reader.mapping("", raw, _TOP_KEYS)
+
+    values: dict[str, Any] = reader.dataclass_fields(
+        "", top, Settings, skip=frozenset({"groups", "source", "notices", *_SECTIONS})
+    )
+    if "listen" in top:
+        values["listen_host"], values["listen_port"] = parse_listen(
+            str(top["listen"]), f"{source}: listen"
+        )
+    group_keys = _GROUP_KEYS - {"name", "models", "endpoints"}
+    defaults = reader.dataclass_fields(
+        "group_defaults",
+        reader.mapping("group_defaults", top.get("group_defaults"), group_keys),
+        GroupSettings,
+    )
+    values["groups"] = _groups(reader, top.get("groups"), defaults)
+    for section, cls in _SECTIONS.items():
+        data = reader.mapping(section, top.get(section), {f.name for f in fields(cls)})
+        values[section] = cls(**reader.dataclass_fields(section, data, cls))
+    settings = Settings(source=source, **values)
+    return validate(_apply_environment(settings, environ, defaults))
+
+
+def _apply_environment(
+    settings: Settings, environ: Mapping[str, str], group_defaults: dict[str, Any]
+) -> Settings:
+    notices = list(settings.notices)
+    if endpoints := environ.get("OLLAMA_ENDPOINTS", "").strip():
+        urls = tuple(
+            normalise_endpoint(u, "environment: OLLAMA_ENDPOINTS")
+            for u in endpoints.split(",")
+            if u.strip()
+        )
+        # The seed app's behaviour: one round-robin over every endpoint, any model.
+        group = GroupSettings(name="default", models=("*",), endpoints=urls, **group_defaults)
+        settings = replace(settings, groups=(group,))
+        notices.append(
+            f"OLLAMA_ENDPOINTS is set: the groups of {settings.source} are replaced by one "
+            f"catch-all group over {len(urls)} endpoints (the seed app's round-robin)"
+        )
+    if listen := environ.get("OLBPROXY_LISTEN"):
+        host, port = parse_listen(listen, "environment: OLBPROXY_LISTEN")
+        settings = replace(settings, listen_host=host, listen_port=port)
+    if origins := environ.get("OLLAMA_ORIGINS"):
+        extra = tuple(o.strip() for o in origins.split(",") if o.strip())
+        settings = replace(settings, origins=settings.origins + extra)
+    store = settings.store
+    if uri := environ.get("MONGODB_URI"):
+        store = replace(store, mongodb_uri=uri)
+    if store.mongodb_uri and store.database == StoreSettings.database:
+        # The seed's URI names its database (mongodb://127.0.0.1:27017/gpt): honour it.
+        name = urlsplit(store.mongodb_uri).path.strip("/")
+        if name:
+            store = replace(store, database=name)
+    auth = settings.auth
+    secret = environ.get("JWT_SECRET")
+    if secret_file := environ.get("JWT_SECRET_FILE"):
+        try:
+            secret = Path(secret_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"environment: JWT_SECRET_FILE: cannot read: {exc}") from None
+    if secret:
+        auth = replace(auth, jwt_secret=secret)
+    return replace(settings, store=store, auth=auth, notices=tuple(notices))
+
+
+def validate(settings: Settings) -> Settings:
+    src = settings.source
+    for i, group in enumerate(settings.groups):
+        key = f"{src}: groups[{i}]"
+        if group.slots < 1:
+            raise ConfigError(f"{key}.slots: must be at least 1")
+        if group.queue_size < 0:
+            raise ConfigError(f"{key}.queue_size: must not be negative")
+        if group.max_attempts < 1:
+            raise ConfigError(f"{key}.max_attempts: must be at least 1")
+        for name in ("queue_timeout", "first_byte_timeout", "idle_timeout", "total_timeout"):
+            if getattr(group, name) <= 0:
+                raise ConfigError(f"{key}.{name}: must be a positive number of seconds")
+    for j, net in enumerate(settings.auth.trusted_networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{src}: auth.trusted_networks[{j}]: {net!r} is not a network like 127.0.0.1/32"
+            ) from None
+    if settings.auth.trusted_networks and not settings.auth.trusted_user:
+        raise ConfigError(
+            f"{src}: auth.trusted_user: is required when auth.trusted_networks is set"
+        )
+    if settings.auth.bcrypt_cost not in range(4, 32):
+        raise ConfigError(f"{src}: auth.bcrypt_cost: must be between 4 and 31")
+    if settings.max_body_bytes < 1024:
+        raise ConfigError(f"{src}: max_body_bytes: must be at least 1024")
+    if settings.metrics.listen:
+        parse_listen(settings.metrics.listen, f"{src}: metrics.listen")
+    return settings
+
+
+def check_secret(settings: Settings) -> None:
+    """Refuse to serve with a JWT secret an attacker could guess."""
+    secret = settings.auth.jwt_secret
+    how = "make one with:  openssl rand -base64 48  and put it in JWT_SECRET or JWT_SECRET_FILE"
+    if secret and secret.startswith("$("):
+        raise ConfigError(
+            f"JWT_SECRET is the literal text {secret!r}: .env files do not run commands, "
+            f"so this is not a random secret; {how}"
+        )
+    if not secret or len(secret.encode()) < 32:
+        raise ConfigError(f"JWT_SECRET must be at least 32 bytes long; {how}")

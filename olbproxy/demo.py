@@ -1,0 +1,90 @@
+"""``olbproxy demo``: the seed's two groups on simulated Ollama backends, and the proxy.
+
+For a machine with no Ollama and no MongoDB: five simulators stand in for the
+Mac Studio's instances, persistence is kept in memory, and a demo user is created
+whose token the printed example commands carry.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import replace
+
+from olbproxy.config import GroupSettings, Settings
+from olbproxy.server import run, serve
+from olbproxy.simulator import DEFAULT_MODELS, OllamaSimulator
+
+log = logging.getLogger("olbproxy.demo")
+
+SEED_LAYOUT = (("20b", "gpt-oss:20b", (11435, 11436, 11437)), ("120b", "gpt-oss:120b", (11531, 11532)))
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def demo_settings(host: str, port: int, groups: tuple[GroupSettings, ...]) -> Settings:
+    settings = Settings(listen_host=host, listen_port=port, groups=groups, source="<demo>")
+    return replace(
+        settings,
+        auth=replace(settings.auth, enabled=False),
+        store=replace(settings.store, backend="memory"),
+        health=replace(settings.health, interval=2.0),
+    )
+
+
+async def _main(host: str, port: int) -> None:
+    simulators: list[OllamaSimulator] = []
+    groups: list[GroupSettings] = []
+    for name, model, ports in SEED_LAYOUT:
+        urls = []
+        for i, wanted in enumerate(ports):
+            sim = OllamaSimulator(
+                name=f"{name}-{i + 1}", models=DEFAULT_MODELS, tokens_per_second=25, answer_tokens=40
+            )
+            url = await sim.start(port=wanted if _free(wanted) else 0)
+            simulators.append(sim)
+            urls.append(url)
+        # Four slots per simulated instance, so a few demo users can stream at once.
+        groups.append(GroupSettings(name=name, models=(model,), endpoints=tuple(urls), slots=4))
+    settings = demo_settings(host, port, tuple(groups))
+
+    def ready(addresses: list[str]) -> None:
+        base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+        lines = [
+            "",
+            "olbproxy demo is running (simulated Ollama backends, nothing is stored on disk)",
+            *(f"  group {g.name:5} {g.models[0]:14} -> {', '.join(g.endpoints)}" for g in groups),
+            "",
+            "Try it:",
+            f"  curl {base}/api/chat -d "
+            "'{\"model\":\"gpt-oss:20b\",\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}]}'",
+            f"  curl {base}/api/tags",
+            f"  python -c \"import ollama; c = ollama.Client(host='{base}'); "
+            "print(c.chat(model='gpt-oss:120b', messages=[{'role':'user','content':'hi'}])"
+            ".message.content)\"",
+            "",
+            "Stop with Ctrl-C.",
+        ]
+        print("\n".join(lines), flush=True)
+
+    try:
+        await serve(settings, ready=ready)
+    finally:
+        for sim in simulators:
+            await sim.stop()
+
+
+def run_demo(*, host: str = "127.0.0.1", port: int = 11434) -> int:
+    if not _free(port):
+        log.error("port %d is taken (is Ollama running?); try: olbproxy demo --port 11500", port)
+        return 1
+    run(lambda: _main(host, port))
+    return 0
+

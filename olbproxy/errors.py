@@ -1,0 +1,151 @@
+"""The one error hierarchy of olbproxy; every class knows its HTTP status.
+
+    ProxyError                     500  anything we did not foresee
+    ├── ConfigError                     bad configuration (never reaches HTTP)
+    ├── BadRequest                 400  malformed JSON, wrong types, missing model
+    │   └── PayloadTooLarge        413  body over the configured limit
+    ├── Unauthorized               401  missing, invalid or expired credentials
+    ├── Forbidden                  403  authenticated, but not allowed
+    ├── NotFound                   404
+    │   └── ModelNotFound          404  no group serves the model (Ollama's own words)
+    ├── MethodNotAllowed           405
+    ├── Conflict                   409  e.g. a username that is taken
+    ├── TooManyRequests            429  login throttling (Retry-After)
+    └── UpstreamError              502  a backend failed in a way we cannot hide
+        ├── Unavailable            503  no healthy backend, queue full or wait over (Retry-After)
+        └── UpstreamTimeout        504  no first byte within the group's timeout
+
+Handlers raise; one middleware (``app.error_middleware``) renders with ``render()``,
+in Ollama's shape ``{"error": "..."}`` or, on ``/v1/*``, in OpenAI's shape as Ollama's
+compatibility layer does. After a response has started nothing is rendered: the relay
+ends the stream with a final error line instead (``stream_error_line``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from aiohttp import web
+
+
+class ProxyError(Exception):
+    status = 500
+    openai_type = "api_error"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        # Retry-After takes whole seconds; round up so clients never retry too early.
+        return {"Retry-After": str(max(1, int(-(-self.retry_after // 1))))}
+
+
+class ConfigError(ProxyError):
+    """A configuration problem; the message names the file and the key."""
+
+
+class BadRequest(ProxyError):
+    status = 400
+    openai_type = "invalid_request_error"
+
+
+class PayloadTooLarge(BadRequest):
+    status = 413
+
+
+class Unauthorized(ProxyError):
+    status = 401
+    openai_type = "authentication_error"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="olbproxy"'}
+
+
+class Forbidden(ProxyError):
+    status = 403
+    openai_type = "permission_error"
+
+
+class NotFound(ProxyError):
+    status = 404
+    openai_type = "not_found_error"
+
+
+class ModelNotFound(NotFound):
+    def __init__(self, model: str) -> None:
+        # Ollama's exact text, so clients that match on it keep working.
+        super().__init__(f"model '{model}' not found")
+        self.model = model
+
+
+class MethodNotAllowed(ProxyError):
+    status = 405
+    openai_type = "invalid_request_error"
+
+    def __init__(self, message: str, *, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": self.allow}
+
+
+class Conflict(ProxyError):
+    status = 409
+    openai_type = "invalid_request_error"
+
+
+class TooManyRequests(ProxyError):
+    status = 429
+    openai_type = "rate_limit_error"
+
+
+class UpstreamError(ProxyError):
+    status = 502
+
+
+class Unavailable(UpstreamError):
+    status = 503
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+
+
+def error_body(error: ProxyError, *, openai_shape: bool) -> dict[str, object]:
+    if openai_shape:
+        return {
+            "error": {
+                "message": error.message,
+                "type": error.openai_type,
+                "param": None,
+                "code": None,
+            }
+        }
+    return {"error": error.message}
+
+
+def render(error: ProxyError, *, openai_shape: bool) -> web.Response:
+    """The single place where an error becomes an HTTP response."""
+    return web.Response(
+        status=error.status,
+        body=json.dumps(error_body(error, openai_shape=openai_shape)).encode(),
+        content_type="application/json",
+        charset="utf-8",
+        headers=error.headers(),
+    )
+
+
+def stream_error_line(message: str, *, sse: bool) -> bytes:
+    """The last line of a stream that failed after its first byte, as Ollama writes it."""
+    if sse:
+        body: Mapping[str, object] = {
+            "error": {"message": message, "type": "api_error", "param": None, "code": None}
+        }
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+    return json.dumps({"error": message}).encode() + b"\n"

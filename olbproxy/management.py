@@ -1,0 +1,176 @@
+"""Model management: pull, push, create, copy, delete and blobs, for admins only.
+
+Instances started by one user on one Mac share one model store (~/.ollama/models),
+so by default each operation goes to one backend of the model's group (the first
+healthy one, so that a blob upload and the /api/create that uses it meet). A group
+whose instances live on separate hosts (``model_store: separate``) gets each
+operation on every backend in turn, with the progress streamed back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+
+import aiohttp
+from aiohttp import web
+
+from olbproxy.api import method_table, principal_of
+from olbproxy.body import model_of, read_json, wants_stream
+from olbproxy.config import Settings
+from olbproxy.errors import Forbidden, NotFound, Unavailable
+from olbproxy.exchange import Exchange
+from olbproxy.pool import Backend, FixedPlacement, Group, Pool
+from olbproxy.relay import Deadlines, Relay, upstream_headers
+from olbproxy.routing import Router
+
+_BLOB_MEMORY = 4096
+
+
+def require_admin(request: web.Request) -> None:
+    if not principal_of(request).is_admin:
+        raise Forbidden("model management (pull, push, create, copy, delete, blobs) is for admins")
+
+
+class ModelManagement:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: Pool,
+        router: Router,
+        relay: Relay,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.router = router
+        self.relay = relay
+        self.session = session
+        # Which backend holds an uploaded blob, so the /api/create naming it goes there.
+        self.blob_homes: OrderedDict[str, Backend] = OrderedDict()
+
+    def routes(self) -> list[web.RouteDef]:
+        manage = self.manage
+        return method_table(
+            [
+                ("/api/pull", ("POST",), manage),
+                ("/api/push", ("POST",), manage),
+                ("/api/create", ("POST",), manage),
+                ("/api/copy", ("POST",), manage),
+                ("/api/delete", ("DELETE",), manage),
+                ("/api/blobs/{digest}", ("HEAD", "POST"), self.blob),
+            ]
+        )
+
+    async def manage(self, request: web.Request) -> web.StreamResponse:
+        require_admin(request)
+        raw, data = await read_json(request, self.settings.max_body_bytes)
+        model = model_of(data, field="source" if request.path == "/api/copy" else "model")
+        settings = self.router.group_for(model)
+        if settings is None:
+            raise NotFound(
+                f"no group serves model '{model}': add it to a group's models "
+                f"in {self.settings.source}"
+            )
+        group = self.pool.groups[settings.name]
+        if settings.model_store == "separate":
+            return await self._each(request, group, raw, stream=wants_stream(data, default=True))
+        order = group.healthy()
+        home = self._blob_home(data, group)
+        if home is not None:
+            order = [home, *(b for b in order if b is not home)]
+        exchange = Exchange(endpoint=request.path, model=model, group=group.name)
+        return await self.relay.forward(
+            request,
+            exchange,
+            FixedPlacement(order),
+            body=raw,
+            # Pulls of tens of GB pause while verifying: no idle limit here.
+            deadlines=Deadlines(first_byte=settings.first_byte_timeout),
+            attempts=max(1, len(order)),
+        )
+
+    def _blob_home(self, data: dict[str, object], group: Group) -> Backend | None:
+        files = data.get("files")
+        if request_files := files if isinstance(files, dict) else None:
+            for digest in request_files.values():
+                home = self.blob_homes.get(str(digest))
+                if home is not None and home in group.backends and home.healthy:
+                    return home
+        return None
+
+    async def blob(self, request: web.Request) -> web.StreamResponse:
+        require_admin(request)
+        digest = request.match_info["digest"]
+        backend = self.blob_homes.get(digest) or self.pool.steward()
+        if backend is None:
+            raise Unavailable("no healthy backend to hold the blob", retry_after=5)
+        body = request.content if request.method == "POST" else None
+        response = await self.relay.forward(
+            request,
+            Exchange(endpoint="/api/blobs"),
+            FixedPlacement([backend]),
+            body=body,  # streamed, never buffered whole: blobs are gigabytes
+            deadlines=Deadlines(first_byte=None),
+        )
+        if response.status < 300:
+            self.blob_homes[digest] = backend
+            self.blob_homes.move_to_end(digest)
+            while len(self.blob_homes) > _BLOB_MEMORY:
+                self.blob_homes.popitem(last=False)
+        return response
+
+    async def _each(
+        self, request: web.Request, group: Group, raw: bytes, *, stream: bool
+    ) -> web.StreamResponse:
+        """Separate model stores: the operation on every backend in turn."""
+        backends = group.backends
+        operation = request.path.rsplit("/", 1)[-1]
+        if not stream:
+            answer: tuple[int, str, bytes] = (200, "application/json", b"")
+            for backend in backends:
+                answer = await self.relay.send_whole(request, backend, raw, seconds=None)
+                if answer[0] >= 400:
+                    break
+            status, content_type, body = answer
+            return web.Response(status=status, body=body, headers={"Content-Type": content_type})
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        for i, backend in enumerate(backends, 1):
+            status_line = {"status": f"{operation} on {backend.label} ({i}/{len(backends)})"}
+            await response.write(json.dumps(status_line).encode() + b"\n")
+            error = await self._stream_one(request, response, backend, raw, last=i == len(backends))
+            if error:
+                await response.write(json.dumps({"error": f"{backend.label}: {error}"}).encode())
+                await response.write(b"\n")
+                break
+        await response.write_eof()
+        return response
+
+    async def _stream_one(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        backend: Backend,
+        raw: bytes,
+        *,
+        last: bool,
+    ) -> str | None:
+        try:
+            async with self.session.request(
+                request.method,
+                backend.url + request.raw_path,
+                data=raw,
+                headers=upstream_headers(request, backend, streamed=False),
+                timeout=aiohttp.ClientTimeout(sock_connect=self.settings.connect_timeout),
+            ) as upstream:
+                if upstream.status >= 400:
+                    text = (await upstream.read()).decode(errors="replace")
+                    return f"answered {upstream.status}: {text.strip()}"
+                async for line in upstream.content:
+                    # Only the last backend's "success" ends the client's stream.
+                    if last or b'"success"' not in line:
+                        await response.write(line)
+        except aiohttp.ClientError as exc:
+            return f"failed: {exc}"
+        return None

@@ -1,0 +1,393 @@
+"""The relay: sends a request to a backend over the shared ClientSession and streams
+the answer back byte for byte.
+
+Hot path discipline: per chunk the relay does one read, one list append and one
+write, nothing else. Timing of the first byte is taken once; counters are parsed
+after the stream has ended (exchange.py). Idle streams are policed by a watchdog
+that compares byte counters aiohttp keeps anyway, so no timer is touched per chunk.
+
+aiohttp client errors become ours at one boundary (``_translate``). Before the first
+byte, a failed connect or Ollama's 503 "server busy" moves the request to another
+backend; after it, nothing is retried and a failure ends the stream with Ollama's
+final ``{"error": ...}`` line (an SSE error frame on ``/v1``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json as jsonlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from olbproxy.errors import (
+    Unavailable,
+    UpstreamError,
+    UpstreamTimeout,
+    stream_error_line,
+)
+from olbproxy.exchange import Exchange
+from olbproxy.pool import Backend
+
+log = logging.getLogger("olbproxy.relay")
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# The client's credentials are ours to check, never the backend's to see.
+DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "authorization", "cookie", "expect"}
+DROP_RESPONSE = HOP_BY_HOP | {"content-length"}
+STREAMING_TYPES = ("application/x-ndjson", "text/event-stream")
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """Seconds allowed to the first byte (None: unbounded) and between two chunks."""
+
+    first_byte: float | None
+    idle: float | None = None
+
+
+class Placement(Protocol):
+    """Where an attempt goes: hands out a backend and takes it back afterwards."""
+
+    async def acquire(self, exclude: Sequence[Backend]) -> Backend: ...
+
+    def release(self, backend: Backend) -> None: ...
+
+
+class _Retry(Exception):
+    """This backend failed before answering; another one may do better."""
+
+    def __init__(
+        self, message: str, *, kind: str, busy: bool = False, certain: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.busy = busy
+        self.certain = certain
+
+
+class _StreamBroken(Exception):
+    """The backend failed after the first byte went to the client."""
+
+    def __init__(self, message: str, *, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class Watchdog:
+    """Closes streams whose backend has gone silent for longer than their idle timeout."""
+
+    def __init__(self, tick: float = 1.0) -> None:
+        self.tick = tick
+        self._streams: dict[aiohttp.ClientResponse, list[float]] = {}
+        self.timed_out: set[aiohttp.ClientResponse] = set()
+
+    @contextlib.contextmanager
+    def watch(self, upstream: aiohttp.ClientResponse, idle: float | None) -> Iterator[None]:
+        if idle is None:
+            yield
+            return
+        # [idle limit, bytes seen at the last tick, time bytes last moved]
+        self._streams[upstream] = [idle, float(upstream.content.total_bytes), time.monotonic()]
+        try:
+            yield
+        finally:
+            self._streams.pop(upstream, None)
+            self.timed_out.discard(upstream)
+
+    def check(self, now: float) -> None:
+        for upstream, state in list(self._streams.items()):
+            seen = float(upstream.content.total_bytes)
+            if seen != state[1]:
+                state[1], state[2] = seen, now
+            elif now - state[2] >= state[0]:
+                self.timed_out.add(upstream)
+                del self._streams[upstream]
+                upstream.close()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick)
+            self.check(time.monotonic())
+
+
+class Relay:
+    """Forwards requests to backends and streams answers back."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        watchdog: Watchdog,
+        *,
+        fail_threshold: int,
+        on_health_change: Callable[[Backend], None],
+    ) -> None:
+        self.session = session
+        self.watchdog = watchdog
+        self.fail_threshold = fail_threshold
+        self.on_health_change = on_health_change
+        # Upstream failures by (backend label, kind); metrics read it at scrape time.
+        self.errors: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    async def forward(
+        self,
+        request: web.Request,
+        exchange: Exchange,
+        placement: Placement,
+        *,
+        body: bytes | aiohttp.StreamReader | None,
+        deadlines: Deadlines,
+        attempts: int = 1,
+        path: str | None = None,
+    ) -> web.StreamResponse:
+        """Try up to ``attempts`` backends before the first byte; then stream the answer."""
+        tried: list[Backend] = []
+        last: _Retry | None = None
+        if not isinstance(body, bytes | None):
+            attempts = 1  # a streamed upload cannot be sent twice
+        for _ in range(attempts):
+            waited = time.monotonic()
+            backend = await placement.acquire(tried)
+            exchange.queue_wait += time.monotonic() - waited
+            exchange.backend = backend.label
+            exchange.attempts += 1
+            try:
+                return await self._attempt(request, exchange, backend, body, deadlines, path)
+            except _Retry as retry:
+                tried.append(backend)
+                last = retry
+                self.errors[backend.label, retry.kind] += 1
+                log.warning(
+                    "attempt %d for %s %s on %s failed: %s",
+                    exchange.attempts,
+                    request.method,
+                    request.path,
+                    backend.label,
+                    retry.message,
+                )
+                if not retry.busy:
+                    self._failed(backend, retry.message, certain=retry.certain)
+            finally:
+                placement.release(backend)
+        assert last is not None
+        raise Unavailable(f"no backend could take the request ({last.message})", retry_after=5)
+
+    async def fetch_json(
+        self, backend: Backend, method: str, path: str, *, seconds: float, json: Any = None
+    ) -> tuple[int, Any]:
+        """A small request of the proxy's own (catalog, health, fan-out), fully read."""
+        async with self.session.request(
+            method,
+            backend.url + path,
+            json=json,
+            headers={"Host": backend.host_header},
+            timeout=aiohttp.ClientTimeout(total=seconds),
+        ) as resp:
+            data = await resp.read()
+        try:
+            return resp.status, jsonlib.loads(data) if data else None
+        except ValueError:
+            return resp.status, None
+
+    async def send_whole(
+        self, request: web.Request, backend: Backend, body: bytes, *, seconds: float | None
+    ) -> tuple[int, str, bytes]:
+        """Send the client's request to one backend and read the whole answer (fan-outs)."""
+        async with self.session.request(
+            request.method,
+            backend.url + request.raw_path,
+            data=body,
+            headers=upstream_headers(request, backend, streamed=False),
+            timeout=aiohttp.ClientTimeout(total=seconds),
+        ) as resp:
+            return resp.status, resp.headers.get("Content-Type", ""), await resp.read()
+
+    def _failed(self, backend: Backend, reason: str, *, certain: bool = False) -> None:
+        if backend.mark_failed(reason, threshold=self.fail_threshold, certain=certain):
+            log.warning("backend %s is out of rotation: %s", backend.label, reason)
+            self.on_health_change(backend)
+
+    def _succeeded(self, backend: Backend) -> None:
+        if backend.failures or not backend.healthy:
+            if backend.mark_ok():
+                log.info("backend %s is back in rotation", backend.label)
+            self.on_health_change(backend)
+
+    async def _attempt(
+        self,
+        request: web.Request,
+        exchange: Exchange,
+        backend: Backend,
+        body: bytes | aiohttp.StreamReader | None,
+        deadlines: Deadlines,
+        path: str | None,
+    ) -> web.StreamResponse:
+        headers = upstream_headers(request, backend, streamed=not isinstance(body, bytes | None))
+        url = backend.url + (path or request.raw_path)
+        # Ollama sends its headers with the first token (or, for stream:false, with the
+        # whole answer), so waiting for headers is waiting for the first byte.
+        async with self._translate(backend), asyncio.timeout(deadlines.first_byte):
+            upstream = await self.session.request(
+                request.method,
+                url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                auto_decompress=False,
+            )
+            if upstream.status == 503:
+                # Ollama's only 503 is its full load queue: safe to try elsewhere.
+                text = (await upstream.read()).decode(errors="replace")[:300]
+                upstream.release()
+                raise _Retry(f"busy (503): {text.strip()}", kind="busy", busy=True)
+        exchange.status = upstream.status
+        if upstream.status >= 500:
+            self._failed(backend, f"answered {upstream.status}")
+        else:
+            self._succeeded(backend)
+        return await self._pipe(request, exchange, upstream, deadlines)
+
+    async def _pipe(
+        self,
+        request: web.Request,
+        exchange: Exchange,
+        upstream: aiohttp.ClientResponse,
+        deadlines: Deadlines,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        fixed_length = False
+        for name, value in upstream.headers.items():
+            lower = name.lower()
+            if lower not in DROP_RESPONSE:
+                response.headers.add(name, value)
+            elif lower == "content-length" and "transfer-encoding" not in upstream.headers:
+                response.headers[name] = value  # same framing as the backend's
+                fixed_length = True
+        completed = False
+        try:
+            with self.watchdog.watch(upstream, deadlines.idle):
+                try:
+                    await self._copy(request, response, exchange, upstream, deadlines)
+                    completed = True
+                except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+                    if isinstance(exc, ConnectionResetError) and response.prepared:
+                        raise  # our client went away (aiohttp's ClientConnectionResetError)
+                    if upstream in self.watchdog.timed_out:
+                        idle = deadlines.idle or 0
+                        raise _StreamBroken(
+                            f"backend sent nothing for {idle:g}s", kind="idle_timeout"
+                        ) from None
+                    raise _StreamBroken(
+                        f"backend connection lost: {exc}", kind="stream_broken"
+                    ) from None
+        except _StreamBroken as broken:
+            exchange.outcome, exchange.error = "error", str(broken)
+            self.errors[exchange.backend or "", broken.kind] += 1
+            await self._end_broken(request, response, exchange, str(broken), fixed_length)
+        except (ConnectionResetError, asyncio.CancelledError):
+            exchange.outcome = "cancelled"
+            raise
+        finally:
+            exchange.ended = time.monotonic()
+            if completed:
+                upstream.release()
+            else:
+                upstream.close()  # frees the GPU: Ollama stops when its client leaves
+        if exchange.outcome == "pending":
+            exchange.outcome = "done" if upstream.status < 400 else "error"
+        return response
+
+    async def _copy(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        exchange: Exchange,
+        upstream: aiohttp.ClientResponse,
+        deadlines: Deadlines,
+    ) -> None:
+        read = upstream.content.readany
+        chunk = await read()
+        await response.prepare(request)
+        exchange.first_byte = time.monotonic()
+        write = response.write
+        chunks = exchange.chunks
+        append = chunks.append
+        while chunk:
+            append(chunk)
+            await write(chunk)
+            chunk = await read()
+        await response.write_eof()
+
+    async def _end_broken(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        exchange: Exchange,
+        message: str,
+        fixed_length: bool,
+    ) -> None:
+        log.warning("%s %s on %s: %s", request.method, request.path, exchange.backend, message)
+        if not response.prepared:
+            await response.prepare(request)
+        content_type = response.headers.get("Content-Type", "")
+        if fixed_length or not content_type.startswith(STREAMING_TYPES):
+            # A body with a fixed length cannot carry an error line; cutting the
+            # connection is the only honest signal left.
+            if request.transport is not None:
+                request.transport.close()
+            return
+        with contextlib.suppress(ConnectionResetError):
+            await response.write(stream_error_line(message, sse=exchange.sse))
+            await response.write_eof()
+
+    @contextlib.asynccontextmanager
+    async def _translate(self, backend: Backend) -> AsyncIterator[None]:
+        """The one place where aiohttp client errors become olbproxy errors."""
+        try:
+            yield
+        except TimeoutError:
+            self._failed(backend, "timed out")
+            self.errors[backend.label, "timeout"] += 1
+            raise UpstreamTimeout(
+                f"backend {backend.label} sent no answer in time (first-byte timeout)"
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise _Retry(f"cannot connect: {exc.os_error}", kind="connect", certain=True) from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            raise _Retry(f"connection failed: {exc!r}", kind="reset") from None
+        except aiohttp.ClientError as exc:
+            self.errors[backend.label, "other"] += 1
+            raise UpstreamError(f"backend {backend.label} failed: {exc}") from None
+
+
+def upstream_headers(request: web.Request, backend: Backend, *, streamed: bool) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in request.headers.items():
+        if name.lower() not in DROP_REQUEST:
+            headers.add(name, value)
+    headers["Host"] = backend.host_header
+    if streamed and request.content_length is not None:
+        headers["Content-Length"] = str(request.content_length)
+    return headers

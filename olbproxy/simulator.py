@@ -1,0 +1,507 @@
+"""A stand-in for a real Ollama server: a real aiohttp server on a real socket.
+
+It speaks Ollama's wire format byte for byte (see ``/work/shared/ollama-api.md``): the native
+``/api/*`` routes, the OpenAI and Anthropic compatibility layers under ``/v1``, gin's 404/405
+texts and the loopback ``Host`` check. Answers are deterministic and name the simulator and
+the prompt (``[sim] You said: hello``), paced at ``tokens_per_second`` after an optional cold
+load and first-token delay. Tests flip :class:`Faults` at run time and wait on
+:meth:`OllamaSimulator.wait_until` instead of sleeping.
+
+The proxy's integration tests run several instances in-process, ``olbproxy demo`` runs them
+on a machine without Ollama, and the benchmark runs them as a separate process::
+
+    python -m olbproxy.simulator --ports 11435,11436 --tps 40 --answer-tokens 200
+
+The routes live in ``simulator_library`` (model management), ``simulator_native``
+(generate, chat, embed), ``simulator_openai`` (``/v1`` chat, completions, embeddings,
+models), ``simulator_responses`` and ``simulator_anthropic``; the token pacing and fault
+injection they share in ``simulator_answer``, Go's wire habits in ``simulator_wire``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from olbproxy import (
+    simulator_anthropic,
+    simulator_library,
+    simulator_native,
+    simulator_openai,
+    simulator_responses,
+)
+from olbproxy.simulator_answer import Exchange, hold
+from olbproxy.simulator_wire import (
+    BUSY,
+    DEFAULT_KEEP_ALIVE,
+    Rejected,
+    allowed_host,
+    canonical_name,
+    error_reply,
+)
+
+
+@dataclass(frozen=True)
+class SimulatedModel:
+    """One model the simulator lists and serves; the defaults describe gpt-oss:20b."""
+
+    name: str
+    family: str = "gptoss"
+    parameter_size: str = "20.9B"
+    quantization_level: str = "MXFP4"
+    size: int = 13_780_173_839
+    context_length: int = 131072
+    embedding: bool = False  # embedding-only: embed works, chat and generate answer 400
+    thinking: bool = True  # supports ``think``
+    embedding_length: int = 2880  # dimension of the vectors /api/embed returns
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.name.encode()).hexdigest()
+
+    @property
+    def capabilities(self) -> list[str]:
+        if self.embedding:
+            return ["embedding"]
+        return ["completion", "tools", "thinking"] if self.thinking else ["completion", "tools"]
+
+
+DEFAULT_MODELS: tuple[SimulatedModel, ...] = (
+    SimulatedModel("gpt-oss:20b"),
+    SimulatedModel("gpt-oss:120b", parameter_size="116.8B", size=65_369_818_941),
+    SimulatedModel(
+        "embeddinggemma:latest",
+        family="gemma3",
+        parameter_size="307.58M",
+        quantization_level="BF16",
+        size=621_875_417,
+        context_length=2048,
+        embedding=True,
+        thinking=False,
+        embedding_length=768,
+    ),
+)
+
+
+@dataclass
+class Faults:
+    """Switches tests flip at run time; each applies to model requests (inference routes).
+
+    The ``*_after_tokens`` faults are read when a request is admitted, so flipping them does
+    not change a stream already under way. A value of 0 acts before the first byte, where
+    Ollama still answers with a real status (``fail_after_tokens=0`` gives a 500).
+    """
+
+    busy: int = 0  # answer the next N model requests with Ollama's 503; -1 = always
+    fail_before: str | None = None  # answer model requests with 500 {"error": fail_before}
+    fail_after_tokens: int | None = None  # N tokens, then an {"error"} line, no done:true
+    drop_after_tokens: int | None = None  # N tokens, then abort the TCP connection
+    hang: bool = False  # never answer (until the client goes away)
+    stall_after_tokens: int | None = None  # N tokens, then silence (until the client goes away)
+
+
+@dataclass
+class RecordedRequest:
+    """A request as the simulator received it (blob uploads keep no body: they stream)."""
+
+    method: str
+    path: str
+    query: str
+    headers: CIMultiDict[str]  # names in the case received; lookups ignore case
+    body: bytes
+    received_at: float  # time.monotonic()
+
+
+@dataclass
+class SimulatorStats:
+    """Counters of model requests (inference routes), updated as they happen."""
+
+    active: int = 0  # in progress now
+    max_active: int = 0
+    completed: int = 0  # answered in full (an error answered on purpose counts too)
+    cancelled: int = 0  # the client went away before the answer was complete
+    dropped: int = 0  # the simulator aborted the connection (Faults.drop_after_tokens)
+    tokens_sent: int = 0  # tokens written to clients (added when each answer ends)
+
+
+class OllamaSimulator:
+    """A simulated Ollama server; see the module docstring.
+
+    ``tokens_per_second``, ``first_token_delay``, ``cold_load_delay``, ``answer_tokens`` and
+    ``version`` are plain attributes that tests may change between requests.
+    ``record_requests = False`` stops keeping :attr:`requests` (long benchmark runs).
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "sim",
+        models: Iterable[SimulatedModel] = DEFAULT_MODELS,
+        tokens_per_second: float = 50.0,
+        first_token_delay: float = 0.0,
+        cold_load_delay: float = 0.0,
+        answer_tokens: int = 12,
+        version: str = "0.12.6",
+        enforce_host: bool = True,
+    ) -> None:
+        self.name = name
+        self.tokens_per_second = tokens_per_second
+        self.first_token_delay = first_token_delay
+        self.cold_load_delay = cold_load_delay
+        self.answer_tokens = answer_tokens
+        self.version = version
+        self.enforce_host = enforce_host
+        self.record_requests = True
+        self.faults = Faults()
+        self.stats = SimulatorStats()
+        self.requests: list[RecordedRequest] = []
+        self.models: dict[str, SimulatedModel] = {}
+        self.modified_at: dict[str, float] = {}  # wall clock, newest listed first
+        self.blobs: set[str] = set()  # "sha256:<hex>" uploaded through /api/blobs
+        self.loaded: dict[str, float] = {}  # model name -> expiry (time.monotonic())
+        self.url = ""
+        self.port = 0
+        self._in_use: dict[str, int] = {}
+        self._loading: dict[str, asyncio.Task[None]] = {}
+        self._waiters: set[asyncio.Future[None]] = set()
+        now = time.time()
+        for index, model in enumerate(models):
+            # Older entries get older timestamps so /api/tags keeps the order given.
+            self.add_model(model, modified_at=now - 60.0 * (index + 1))
+        self._transports: set[asyncio.Transport] = set()
+        self._runner: web.AppRunner | None = None
+        self.app = web.Application(middlewares=[self._middleware], client_max_size=1 << 30)
+        for method, path, handler in (
+            *simulator_library.routes(self),
+            *simulator_native.routes(self),
+            *simulator_openai.routes(self),
+            *simulator_responses.routes(self),
+            *simulator_anthropic.routes(self),
+        ):
+            self.app.router.add_route(method, path, handler)
+
+    def __repr__(self) -> str:
+        return f"<OllamaSimulator {self.name} {self.url or 'stopped'} {self.stats}>"
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        runner = web.AppRunner(
+            self.app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+        )
+        await runner.setup()
+        # A big backlog: the benchmark opens thousands of streams at once.
+        site = web.TCPSite(runner, host, port, reuse_address=True, backlog=4096)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        sockets = runner.addresses
+        self.port = int(sockets[0][1])
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{self.port}"
+        return self.url
+
+    async def stop(self) -> None:
+        """Close the listener and every open connection at once, like a killed process."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        for transport in list(self._transports):
+            transport.abort()
+        self._transports.clear()
+        await runner.cleanup()
+
+    async def __aenter__(self) -> OllamaSimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # -- waiting ----------------------------------------------------------------------
+
+    def changed(self) -> None:
+        """Wake :meth:`wait_until` callers; called on every state change."""
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # The API other code is written against takes a timeout rather than asyncio.timeout().
+    async def wait_until(
+        self,
+        predicate: Callable[[], bool],
+        timeout: float = 5.0,  # noqa: ASYNC109
+    ) -> None:
+        """Return once ``predicate()`` holds, re-checked on every state change."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"{self.name}: condition not met within {timeout}s")
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.add(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                continue
+            finally:
+                self._waiters.discard(waiter)
+
+    # -- models -----------------------------------------------------------------------
+
+    def add_model(self, model: SimulatedModel, *, modified_at: float | None = None) -> None:
+        name = canonical_name(model.name)
+        if name != model.name:
+            model = dataclasses.replace(model, name=name)
+        self.models[name] = model
+        self.modified_at[name] = time.time() if modified_at is None else modified_at
+        self.changed()
+
+    def remove_model(self, name: str) -> bool:
+        found = self.models.pop(name, None) is not None
+        self.modified_at.pop(name, None)
+        self.loaded.pop(name, None)
+        self.changed()
+        return found
+
+    def resolve(self, name: str) -> SimulatedModel | None:
+        """The model a request names (case-insensitive, ``:latest`` implied)."""
+        wanted = canonical_name(name)
+        model = self.models.get(wanted)
+        if model is not None:
+            return model
+        folded = wanted.lower()
+        return next((m for k, m in self.models.items() if k.lower() == folded), None)
+
+    def catalog(self, name: str) -> SimulatedModel:
+        """What pulling ``name`` from the registry would bring."""
+        name = canonical_name(name)
+        for model in DEFAULT_MODELS:
+            if model.name == name:
+                return model
+        if "embed" in name:
+            return dataclasses.replace(DEFAULT_MODELS[2], name=name)
+        return SimulatedModel(name)
+
+    def is_loaded(self, name: str) -> bool:
+        expiry = self.loaded.get(name)
+        if expiry is None:
+            return False
+        if expiry > time.monotonic() or self._in_use.get(name):
+            return True
+        del self.loaded[name]
+        return False
+
+    async def load(self, model: SimulatedModel, keep_alive: float | None) -> None:
+        """Make ``model`` resident, paying ``cold_load_delay`` once; marks it in use."""
+        name = model.name
+        resident = self.is_loaded(name)  # before counting this request as a user
+        self._in_use[name] = self._in_use.get(name, 0) + 1
+        try:
+            if not resident:
+                task = self._loading.get(name)
+                if task is None:
+                    task = asyncio.ensure_future(self._cold_load(name, self.cold_load_delay))
+                    self._loading[name] = task
+                # Shielded: one client giving up does not abort a load others wait for.
+                await asyncio.shield(task)
+            self._expire(name, keep_alive)
+        except BaseException:
+            self.release(model, keep_alive)
+            raise
+
+    async def _cold_load(self, name: str, delay: float) -> None:
+        try:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.loaded[name] = time.monotonic() + DEFAULT_KEEP_ALIVE
+        finally:
+            self._loading.pop(name, None)
+        self.changed()
+
+    def release(self, model: SimulatedModel, keep_alive: float | None) -> None:
+        """The request using ``model`` ended: its keep_alive starts now (0 unloads)."""
+        name = model.name
+        left = self._in_use.get(name, 0) - 1
+        if left > 0:
+            self._in_use[name] = left
+        else:
+            self._in_use.pop(name, None)
+        if self.loaded.get(name) == 0.0:
+            keep_alive = 0.0  # an unload was asked for while this request ran
+        if name in self.loaded:
+            self._expire(name, keep_alive)
+
+    def unload(self, model: SimulatedModel) -> None:
+        """``keep_alive: 0`` with nothing to answer: unload now, or when the last user ends."""
+        if model.name in self.loaded:
+            self.loaded[model.name] = 0.0
+            self.is_loaded(model.name)
+            self.changed()
+
+    def _expire(self, name: str, keep_alive: float | None) -> None:
+        seconds = DEFAULT_KEEP_ALIVE if keep_alive is None else keep_alive
+        self.loaded[name] = time.monotonic() + seconds
+        if seconds == 0 and not self._in_use.get(name):
+            del self.loaded[name]
+        self.changed()
+
+    # -- model requests ---------------------------------------------------------------
+
+    def exchange(self) -> Exchange:
+        return Exchange(self)
+
+    async def admit(self) -> tuple[int, str] | None:
+        """Faults that strike before anything else: ``(status, message)`` to answer with."""
+        faults = self.faults
+        if faults.hang:
+            await hold()
+        if faults.busy:
+            if faults.busy > 0:
+                faults.busy -= 1
+            return 503, BUSY
+        if faults.fail_before is not None:
+            return 500, faults.fail_before
+        return None
+
+    # -- HTTP -------------------------------------------------------------------------
+
+    @web.middleware
+    async def _middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if self.record_requests:
+            streamed = request.method == "POST" and request.path.startswith("/api/blobs/")
+            self.requests.append(
+                RecordedRequest(
+                    method=request.method,
+                    path=request.path,
+                    query=request.query_string,
+                    headers=CIMultiDict(request.headers),
+                    body=b"" if streamed else await request.read(),
+                    received_at=time.monotonic(),
+                )
+            )
+            self.changed()
+        if self.enforce_host and not allowed_host(request.headers.get("Host", "")):
+            return web.Response(status=403)
+        http_exception = request.match_info.http_exception
+        if http_exception is not None:
+            # gin's texts, not aiohttp's; content type exactly "text/plain".
+            if http_exception.status == 405:
+                return _plain(405, b"405 method not allowed")
+            return _plain(404, b"404 page not found")
+        transport = request.transport
+        if transport is not None:
+            self._transports.add(transport)
+        try:
+            return await handler(request)
+        except Rejected as rejected:
+            if request.path.startswith("/v1/messages"):
+                return simulator_anthropic.render_rejection(rejected)
+            if request.path.startswith("/v1/"):
+                return simulator_openai.render_rejection(rejected)
+            return error_reply(rejected.status, rejected.message)
+        finally:
+            if transport is not None:
+                self._transports.discard(transport)
+
+
+def _plain(status: int, body: bytes) -> web.Response:
+    return web.Response(status=status, body=body, headers={"Content-Type": "text/plain"})
+
+
+# -- command line ---------------------------------------------------------------------
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m olbproxy.simulator",
+        description="Serve simulated Ollama backends until SIGINT/SIGTERM.",
+    )
+    parser.add_argument("--ports", default="11435", help="comma-separated ports, one per backend")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--tps", type=float, default=50.0, help="tokens per second (0: no pacing)")
+    parser.add_argument("--answer-tokens", type=int, default=12)
+    parser.add_argument("--first-token-delay", type=float, default=0.0, help="seconds")
+    parser.add_argument("--cold-load-delay", type=float, default=0.0, help="seconds")
+    parser.add_argument("--name-prefix", default="sim", help="backend names are PREFIX-PORT")
+    parser.add_argument("--version", default="0.12.6", help="what /api/version reports")
+    parser.add_argument("--any-host", action="store_true", help="skip the Host header check")
+    parser.add_argument("--record", action="store_true", help="keep every request in memory")
+    return parser.parse_args(argv)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    ports = [int(p) for p in str(args.ports).split(",") if p.strip()]
+    sims = []
+    for port in ports:
+        sim = OllamaSimulator(
+            name=f"{args.name_prefix}-{port}",
+            tokens_per_second=args.tps,
+            first_token_delay=args.first_token_delay,
+            cold_load_delay=args.cold_load_delay,
+            answer_tokens=args.answer_tokens,
+            version=args.version,
+            enforce_host=not args.any_host,
+        )
+        sim.record_requests = args.record
+        sims.append(sim)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        for sim, port in zip(sims, ports, strict=True):
+            url = await sim.start(args.host, port)
+            print(f"listening {url}", flush=True)
+        await stop.wait()
+    finally:
+        for sim in sims:
+            await sim.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "Faults",
+    "OllamaSimulator",
+    "RecordedRequest",
+    "SimulatedModel",
+    "SimulatorStats",
+    "main",
+]

@@ -1,0 +1,166 @@
+"""The simulator's ``/v1/messages``: Anthropic's Messages API as Ollama's layer speaks it.
+
+Minimal but faithful in shape (``anthropic/anthropic.go``): one ``text`` content block; no
+thinking or ``tool_use`` blocks. Streamed: ``message_start``, ``content_block_start``, one
+``content_block_delta`` per token, ``content_block_stop``, ``message_delta`` (stop reason and
+usage), ``message_stop``. Errors come in Anthropic's shape, with a ``request_id``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from olbproxy import simulator_answer
+from olbproxy.simulator_answer import Answer, Metrics, compose, words
+from olbproxy.simulator_native import message_words, said_in
+from olbproxy.simulator_openai import (
+    chat_model,
+    encoded,
+    flat_messages,
+    max_tokens_option,
+    read_body,
+    text_of,
+)
+from olbproxy.simulator_wire import JSON, SSE, Rejected, go_json, text
+
+if TYPE_CHECKING:
+    from olbproxy.simulator import OllamaSimulator
+
+Handler = Callable[[web.Request], Any]
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error(status: int, message: str) -> web.Response:
+    error = {"type": _ERROR_TYPES.get(status, "api_error"), "message": message}
+    body = {"type": "error", "error": error, "request_id": f"req_{os.urandom(12).hex()}"}
+    return encoded(body, JSON, status)
+
+
+def render_rejection(rejected: Rejected) -> web.Response:
+    return anthropic_error(rejected.status, rejected.message)
+
+
+class MessagesEncoder:
+    """Anthropic Messages API: ``message_start`` … ``message_stop`` events, or one message."""
+
+    content_type = SSE
+
+    def __init__(self, model: str, answer: Answer) -> None:
+        self.model = model
+        self.answer = answer
+        self.id = f"msg_{os.urandom(12).hex()}"
+        self._delta = (
+            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+            b'"delta":{"type":"text_delta","text":',
+            b"}}\n\n",
+        )
+
+    @staticmethod
+    def _event(kind: str, data: dict[str, Any]) -> bytes:
+        return b"event: " + kind.encode() + b"\ndata: " + go_json(data) + b"\n\n"
+
+    def _stop_reason(self) -> str:
+        return {"stop": "end_turn", "length": "max_tokens"}.get(self.answer.done_reason, "")
+
+    def _message(self, content: list[dict[str, Any]], metrics: Metrics | None) -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": content,
+        }
+        if metrics is not None and self._stop_reason():
+            message["stop_reason"] = self._stop_reason()
+        output_tokens = metrics.eval_count if metrics is not None else 0
+        input_tokens = self.answer.prompt_eval_count
+        message["usage"] = {"input_tokens": input_tokens, "output_tokens": output_tokens}
+        return message
+
+    def opening(self) -> bytes:
+        return self._event(
+            "message_start", {"type": "message_start", "message": self._message([], None)}
+        ) + self._event(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        )
+
+    def chunk(self, kind: int, token: bytes) -> bytes:
+        return self._delta[0] + token + self._delta[1]
+
+    def closing(self, metrics: Metrics) -> bytes:
+        delta = {"stop_reason": self._stop_reason()} if self._stop_reason() else {}
+        usage = {"input_tokens": metrics.prompt_eval_count, "output_tokens": metrics.eval_count}
+        return b"".join(
+            (
+                self._event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                self._event(
+                    "message_delta", {"type": "message_delta", "delta": delta, "usage": usage}
+                ),
+                self._event("message_stop", {"type": "message_stop"}),
+            )
+        )
+
+    def stream_error(self, message: str) -> bytes:
+        error = {"type": "api_error", "message": message}
+        return self._event("error", {"type": "error", "error": error})
+
+    def rejection(self, status: int, message: str, *, streaming: bool) -> web.StreamResponse:
+        return anthropic_error(status, message)
+
+    def whole(self, metrics: Metrics) -> web.StreamResponse:
+        content = [{"type": "text", "text": self.answer.content}]
+        return encoded(self._message(content, metrics), JSON)
+
+
+class Messages:
+    """Handler of ``/v1/messages``."""
+
+    def __init__(self, sim: OllamaSimulator) -> None:
+        self.sim = sim
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        started_ns = time.perf_counter_ns()
+        body = await read_body(request, "anthropic.MessagesRequest")
+        messages = flat_messages(body.get("messages"))
+        system = text_of(body.get("system"))
+        name = text(body, "model", "MessagesRequest")
+        model = chat_model(self.sim, name, None)
+        answer = compose(
+            self.sim.name,
+            said_in(messages),
+            message_words(messages) + words(system),
+            answer_tokens=self.sim.answer_tokens,
+            options=max_tokens_option(body, "max_tokens"),
+        )
+        return await simulator_answer.deliver(
+            self.sim,
+            request,
+            model,
+            answer,
+            MessagesEncoder(name, answer),
+            stream=bool(body.get("stream")),
+            keep_alive=None,
+            started_ns=started_ns,
+        )
+
+
+def routes(sim: OllamaSimulator) -> list[tuple[str, str, Handler]]:
+    return [("POST", "/v1/messages", Messages(sim).messages)]

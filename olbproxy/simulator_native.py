@@ -1,0 +1,416 @@
+"""Ollama's native inference routes for the simulator: generate, chat, embed, embeddings.
+
+Validation follows ``server/routes.go`` step by step, because clients and the proxy see its
+order: the model reference, existence, the unload shortcut, ``think`` support, the
+completion capability, then scheduling (where the ``busy`` fault answers 503). Streamed
+chunks are built from byte templates: ``{"model":…,"created_at":"…","message":{…},"done":false}``
+with the token spliced in, in Go's field order.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import random
+import struct
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from olbproxy import simulator_answer
+from olbproxy.simulator_answer import CONTENT, THINKING, Answer, Metrics, compose, words
+from olbproxy.simulator_wire import (
+    CLOCK,
+    JSON,
+    JSON_UTF8,
+    NDJSON,
+    Rejected,
+    error_reply,
+    field,
+    go_json,
+    go_kind,
+    keep_alive_seconds,
+    read_object,
+    reply,
+    stream_flag,
+    text,
+    think_value,
+)
+
+if TYPE_CHECKING:
+    from olbproxy.simulator import OllamaSimulator, SimulatedModel
+
+Handler = Callable[[web.Request], Any]
+
+
+def _stamp() -> str:
+    return CLOCK.stamp().decode()
+
+
+def embedding(content: str, dimensions: int) -> list[float]:
+    """A unit vector derived from the text, with float32-friendly short decimals."""
+    seed = int.from_bytes(hashlib.sha256(content.encode()).digest()[:8], "big")
+    rng = random.Random(seed)
+    raw = [rng.gauss(0.0, 1.0) for _ in range(dimensions)]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    vector = []
+    for x in raw:
+        value = round(x / norm, 6)
+        # Keep clear of 0 and of exponents: Go prints float32 0 as "0", 1e-05 as "0.00001".
+        if abs(value) < 1e-4:
+            value = 1e-4 if x >= 0 else -1e-4
+        vector.append(value)
+    return vector
+
+
+def base64_floats(vector: list[float]) -> str:
+    """OpenAI's ``encoding_format: base64``: little-endian float32s."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class Embedded:
+    """Vectors for the inputs, with what the final answer reports."""
+
+    vectors: list[list[float]]
+    load_ns: int
+    words: int
+
+
+def _renormalized(vector: list[float], dimensions: int) -> list[float]:
+    cut = vector[:dimensions]
+    norm = math.sqrt(sum(x * x for x in cut)) or 1.0
+    return [round(x / norm, 6) or 1e-4 for x in cut]
+
+
+def thinks(think: bool | str | None) -> bool:
+    return think is not None and think is not False
+
+
+class ChatEncoder:
+    """NDJSON chunks of /api/chat (``api.ChatResponse``)."""
+
+    content_type = NDJSON
+
+    def __init__(self, model: str, answer: Answer) -> None:
+        self.model = model
+        self.answer = answer
+        self._head = b'{"model":' + go_json(model) + b',"created_at":"'
+        self._content = b'","message":{"role":"assistant","content":'
+        self._thinking = b'","message":{"role":"assistant","content":"","thinking":'
+        self._tail = b'},"done":false}\n'
+
+    def opening(self) -> bytes:
+        return b""
+
+    def chunk(self, kind: int, token: bytes) -> bytes:
+        if kind == CONTENT:
+            return b"".join((self._head, CLOCK.stamp(), self._content, token, self._tail))
+        if kind == THINKING:
+            return b"".join((self._head, CLOCK.stamp(), self._thinking, token, self._tail))
+        call = self.answer.tool_call
+        calls = go_json([call.native()]) if call is not None else b"[]"
+        middle = b'","message":{"role":"assistant","content":"","tool_calls":'
+        return b"".join((self._head, CLOCK.stamp(), middle, calls, self._tail))
+
+    def _final(self, message: dict[str, Any], metrics: Metrics) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "created_at": _stamp(),
+            "message": message,
+            "done": True,
+            "done_reason": self.answer.done_reason,
+            **metrics.fields(),
+        }
+
+    def closing(self, metrics: Metrics) -> bytes:
+        message = {"role": "assistant", "content": ""}
+        return go_json(self._final(message, metrics)) + b"\n"
+
+    def stream_error(self, message: str) -> bytes:
+        return go_json({"error": message}) + b"\n"
+
+    def rejection(self, status: int, message: str, *, streaming: bool) -> web.StreamResponse:
+        return error_reply(status, message, content_type=JSON if streaming else JSON_UTF8)
+
+    def whole(self, metrics: Metrics) -> web.StreamResponse:
+        answer = self.answer
+        message: dict[str, Any] = {"role": "assistant", "content": answer.content}
+        if answer.thinking:
+            message["thinking"] = answer.thinking
+        if answer.tool_call is not None:
+            message["tool_calls"] = [answer.tool_call.native()]
+        return reply(self._final(message, metrics))
+
+
+class GenerateEncoder:
+    """NDJSON chunks of /api/generate (``api.GenerateResponse``)."""
+
+    content_type = NDJSON
+
+    def __init__(self, model: str, answer: Answer, prompt: str, *, raw: bool) -> None:
+        self.model = model
+        self.answer = answer
+        self.prompt = prompt
+        self.raw = raw
+        self._head = b'{"model":' + go_json(model) + b',"created_at":"'
+        self._content = b'","response":'
+        self._thinking = b'","response":"","thinking":'
+        self._tail = b',"done":false}\n'
+
+    def opening(self) -> bytes:
+        return b""
+
+    def chunk(self, kind: int, token: bytes) -> bytes:
+        middle = self._content if kind == CONTENT else self._thinking
+        return b"".join((self._head, CLOCK.stamp(), middle, token, self._tail))
+
+    def _final(self, response: str, thinking: str, metrics: Metrics) -> dict[str, Any]:
+        final: dict[str, Any] = {"model": self.model, "created_at": _stamp(), "response": response}
+        if thinking:
+            final["thinking"] = thinking
+        final["done"] = True
+        final["done_reason"] = self.answer.done_reason
+        if not self.raw:
+            said = self.prompt + " " + self.answer.thinking + self.answer.content
+            final["context"] = simulator_answer.context_tokens(said)
+        final.update(metrics.fields())
+        return final
+
+    def closing(self, metrics: Metrics) -> bytes:
+        return go_json(self._final("", "", metrics)) + b"\n"
+
+    def stream_error(self, message: str) -> bytes:
+        return go_json({"error": message}) + b"\n"
+
+    def rejection(self, status: int, message: str, *, streaming: bool) -> web.StreamResponse:
+        return error_reply(status, message, content_type=JSON if streaming else JSON_UTF8)
+
+    def whole(self, metrics: Metrics) -> web.StreamResponse:
+        answer = self.answer
+        return reply(self._final(answer.content, answer.thinking, metrics))
+
+
+def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    messages = field(body, "messages", list, "ChatRequest") or []
+    for message in messages:
+        if not isinstance(message, dict):
+            raise Rejected(
+                400,
+                f"json: cannot unmarshal {go_kind(message)} into Go struct field "
+                "ChatRequest.messages of type api.Message",
+            )
+        for key in ("role", "content"):
+            field(message, key, str, "Message")
+    return list(messages)
+
+
+def said_in(messages: list[dict[str, Any]]) -> str:
+    """The last user message, the prompt a simulated model answers."""
+    for message in reversed(messages):
+        if str(message.get("role", "")).lower() == "user":
+            return str(message.get("content") or "")
+    return str(messages[-1].get("content") or "") if messages else ""
+
+
+def message_words(messages: list[dict[str, Any]]) -> int:
+    return sum(words(str(m.get("content") or "")) for m in messages)
+
+
+class NativeInference:
+    """Handlers of /api/generate, /api/chat, /api/embed and /api/embeddings."""
+
+    def __init__(self, sim: OllamaSimulator) -> None:
+        self.sim = sim
+
+    def _lifecycle(self, model: str, reason: str, *, chat: bool) -> web.Response:
+        answer: dict[str, Any] = {"model": model, "created_at": _stamp()}
+        if chat:
+            answer["message"] = {"role": "assistant", "content": ""}
+        else:
+            answer["response"] = ""
+        answer["done"] = True
+        answer["done_reason"] = reason
+        return reply(answer)
+
+    async def _load_only(
+        self, model: SimulatedModel, name: str, keep_alive: float | None, *, chat: bool
+    ) -> web.StreamResponse:
+        # An empty prompt or message list only loads the model: one JSON answer.
+        with self.sim.exchange():
+            refusal = await self.sim.admit()
+            if refusal is not None:
+                return error_reply(*refusal)
+            await self.sim.load(model, keep_alive)
+            self.sim.release(model, keep_alive)
+            return self._lifecycle(name, "load", chat=chat)
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        started_ns = time.perf_counter_ns()
+        body = await read_object(request, "api.GenerateRequest")
+        name = text(body, "model", "GenerateRequest")
+        model = self.sim.resolve(name) if name.strip() else None
+        if model is None:
+            raise Rejected(404, f"model '{name}' not found")
+        keep_alive = keep_alive_seconds(body.get("keep_alive"))
+        prompt = text(body, "prompt", "GenerateRequest")
+        if not prompt and keep_alive == 0:
+            self.sim.unload(model)
+            return self._lifecycle(name, "unload", chat=False)
+        raw = bool(field(body, "raw", bool, "GenerateRequest"))
+        system = text(body, "system", "GenerateRequest")
+        if raw and (text(body, "template", "GenerateRequest") or system or body.get("context")):
+            raise Rejected(400, "raw mode does not support template, system, or context")
+        think = think_value(body.get("think"))
+        if thinks(think) and not model.thinking:
+            raise Rejected(400, f'"{name}" does not support thinking')
+        if model.embedding:
+            raise Rejected(400, f'"{name}" does not support generate')
+        if not prompt:
+            return await self._load_only(model, name, keep_alive, chat=False)
+        suffix = text(body, "suffix", "GenerateRequest")
+        answer = compose(
+            self.sim.name,
+            prompt,
+            words(system) + words(prompt) + words(suffix),
+            answer_tokens=self.sim.answer_tokens,
+            options=body.get("options"),
+            think=think if model.thinking else None,
+        )
+        return await simulator_answer.deliver(
+            self.sim,
+            request,
+            model,
+            answer,
+            GenerateEncoder(name, answer, prompt, raw=raw),
+            stream=stream_flag(body, "GenerateRequest"),
+            keep_alive=keep_alive,
+            started_ns=started_ns,
+        )
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        started_ns = time.perf_counter_ns()
+        body = await read_object(request, "api.ChatRequest")
+        name = text(body, "model", "ChatRequest")
+        if not name.strip():
+            raise Rejected(400, "model is required")
+        model = self.sim.resolve(name)
+        if model is None:
+            raise Rejected(404, f"model '{name}' not found")
+        messages = _messages(body)
+        keep_alive = keep_alive_seconds(body.get("keep_alive"))
+        if not messages and keep_alive == 0:
+            self.sim.unload(model)
+            return self._lifecycle(name, "unload", chat=True)
+        tools = field(body, "tools", list, "ChatRequest")
+        think = think_value(body.get("think"))
+        if thinks(think) and not model.thinking:
+            raise Rejected(400, f'"{name}" does not support thinking')
+        if model.embedding:
+            raise Rejected(400, f'"{name}" does not support chat')
+        if not messages:
+            return await self._load_only(model, name, keep_alive, chat=True)
+        answer = compose(
+            self.sim.name,
+            said_in(messages),
+            message_words(messages),
+            answer_tokens=self.sim.answer_tokens,
+            options=body.get("options"),
+            think=think if model.thinking else None,
+            tools=tools,
+        )
+        return await simulator_answer.deliver(
+            self.sim,
+            request,
+            model,
+            answer,
+            ChatEncoder(name, answer),
+            stream=stream_flag(body, "ChatRequest"),
+            keep_alive=keep_alive,
+            started_ns=started_ns,
+        )
+
+    async def embed_vectors(
+        self, model: SimulatedModel, inputs: list[str], keep_alive: float | None, dimensions: int
+    ) -> Embedded | tuple[int, str]:
+        """Schedule the model and embed, or ``(status, message)`` from a fault."""
+        started_ns = time.perf_counter_ns()
+        with self.sim.exchange():
+            refusal = await self.sim.admit()
+            if refusal is not None:
+                return refusal
+            await self.sim.load(model, keep_alive)
+            self.sim.release(model, keep_alive)
+            load_ns = max(1, time.perf_counter_ns() - started_ns)
+            vectors = [embedding(item, model.embedding_length) for item in inputs]
+            if 0 < dimensions < model.embedding_length:
+                vectors = [_renormalized(v, dimensions) for v in vectors]
+            return Embedded(vectors, load_ns, sum(words(item) for item in inputs))
+
+    async def embed(self, request: web.Request) -> web.StreamResponse:
+        started_ns = time.perf_counter_ns()
+        body = await read_object(request, "api.EmbedRequest")
+        name = text(body, "model", "EmbedRequest")
+        if not name.strip():
+            raise Rejected(404, f"model '{name}' not found")
+        raw_input = body.get("input")
+        if isinstance(raw_input, str):
+            inputs = [raw_input] if raw_input else []
+        elif isinstance(raw_input, list) and all(isinstance(i, str) for i in raw_input):
+            inputs = list(raw_input)
+        elif raw_input is None:
+            inputs = []
+        else:
+            raise Rejected(400, "invalid input type")
+        model = self.sim.resolve(name)
+        if model is None:
+            raise Rejected(404, f"model '{name}' not found")
+        keep_alive = keep_alive_seconds(body.get("keep_alive"))
+        dimensions = field(body, "dimensions", int, "EmbedRequest") or 0
+        embedded = await self.embed_vectors(model, inputs, keep_alive, dimensions)
+        if isinstance(embedded, tuple):
+            return error_reply(*embedded)
+        if not inputs:
+            return reply({"model": name, "embeddings": []})
+        answer: dict[str, Any] = {
+            "model": name,
+            "embeddings": embedded.vectors,
+            "total_duration": max(1, time.perf_counter_ns() - started_ns),
+            "load_duration": embedded.load_ns,
+        }
+        if embedded.words:
+            answer["prompt_eval_count"] = embedded.words
+        return reply(answer)
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        body = await read_object(request, "api.EmbeddingRequest")
+        name = text(body, "model", "EmbeddingRequest")
+        if not name.strip():
+            raise Rejected(400, "model is required")
+        model = self.sim.resolve(name)
+        if model is None:
+            raise Rejected(404, f'model "{name}" not found, try pulling it first')
+        prompt = text(body, "prompt", "EmbeddingRequest")
+        keep_alive = keep_alive_seconds(body.get("keep_alive"))
+        embedded = await self.embed_vectors(model, [prompt] if prompt else [], keep_alive, 0)
+        if isinstance(embedded, tuple):
+            return error_reply(*embedded)
+        if not prompt:
+            return reply({"embedding": []})
+        # The legacy route answers float64s converted from the model's float32s.
+        return reply({"embedding": array("f", embedded.vectors[0]).tolist()})
+
+
+def routes(sim: OllamaSimulator) -> list[tuple[str, str, Handler]]:
+    native = NativeInference(sim)
+    return [
+        ("POST", "/api/generate", native.generate),
+        ("POST", "/api/chat", native.chat),
+        ("POST", "/api/embed", native.embed),
+        ("POST", "/api/embeddings", native.embeddings),
+    ]

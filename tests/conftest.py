@@ -1,0 +1,136 @@
+"""Shared fixtures: simulated Ollama backends and the proxy, each on a real socket."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from olbproxy.app import create_app
+from olbproxy.config import GroupSettings, Settings
+from olbproxy.simulator import OllamaSimulator
+from mongo import MongoServer
+
+
+@dataclass
+class Proxy:
+    """A running proxy: its URL, app and settings, and a client session to call it."""
+
+    url: str
+    app: web.Application
+    settings: Settings
+    runner: web.AppRunner
+    http: aiohttp.ClientSession
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+def group(name: str, models: tuple[str, ...], sims: list[OllamaSimulator], **kw: Any) -> GroupSettings:
+    return GroupSettings(name=name, models=models, endpoints=tuple(s.url for s in sims), **kw)
+
+
+def make_settings(*groups: GroupSettings, **overrides: Any) -> Settings:
+    """Test settings: no auth unless asked, memory store, fast health checks."""
+    base = Settings(listen_host="127.0.0.1", listen_port=0, groups=groups, source="<test>")
+    sections = {f.name for f in dataclasses.fields(Settings)}
+    nested: dict[str, Any] = {
+        "auth": replace(base.auth, enabled=False),
+        "store": replace(base.store, backend="memory"),
+        "health": replace(base.health, interval=0.2, timeout=1.0),
+    }
+    for key, value in overrides.items():
+        assert key in sections, key
+        nested[key] = value
+    return replace(base, **nested)
+
+
+StartSims = Callable[..., Awaitable[list[OllamaSimulator]]]
+StartProxy = Callable[..., Awaitable[Proxy]]
+
+
+@pytest.fixture
+async def start_sims() -> AsyncIterator[StartSims]:
+    running: list[OllamaSimulator] = []
+
+    async def start(count: int = 1, prefix: str = "sim", **kwargs: Any) -> list[OllamaSimulator]:
+        sims = []
+        for i in range(count):
+            sim = OllamaSimulator(name=f"{prefix}{i + 1}", **kwargs)
+            await sim.start()
+            running.append(sim)
+            sims.append(sim)
+        return sims
+
+    yield start
+    for sim in running:
+        await sim.stop()
+
+
+@pytest.fixture
+async def start_proxy() -> AsyncIterator[StartProxy]:
+    running: list[Proxy] = []
+
+    async def start(settings: Settings, app: web.Application | None = None) -> Proxy:
+        app = app or await create_app(settings)
+        # Same runner options as `olbproxy serve`: a client leaving cancels its handler.
+        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        http = aiohttp.ClientSession()
+        proxy = Proxy(f"http://127.0.0.1:{port}", app, settings, runner, http)
+        running.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in running:
+        await proxy.http.close()
+        await proxy.runner.cleanup()
+
+
+@pytest.fixture
+async def seed(start_sims: StartSims, start_proxy: StartProxy) -> tuple[Proxy, list[OllamaSimulator], list[OllamaSimulator]]:
+    """The seed's layout: three 20b backends and two 120b backends behind one proxy."""
+    small = await start_sims(3, prefix="s", tokens_per_second=0)
+    large = await start_sims(2, prefix="l", tokens_per_second=0)
+    settings = make_settings(
+        group("20b", ("gpt-oss:20b",), small),
+        group("120b", ("gpt-oss:120b",), large),
+    )
+    proxy = await start_proxy(settings)
+    return proxy, small, large
+
+
+@pytest.fixture(scope="session")
+def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServer]:
+    """One MongoDB wire-protocol server for the session; tests use their own databases."""
+    import asyncio
+
+    server = MongoServer(tmp_path_factory.mktemp("mongo"))
+    asyncio.run(server.start())
+    yield server
+    asyncio.run(server.stop())
+
+
+@pytest.fixture
+def mongo_uri(mongo_server: MongoServer) -> str:
+    """The shared server's URI with a database name of this test's own."""
+    return mongo_server.uri.replace("/?", f"/t{uuid.uuid4().hex[:12]}?")
+
+
+@pytest.fixture
+async def own_mongo(tmp_path: Path) -> AsyncIterator[MongoServer]:
+    """A MongoDB server of this test's own, for fault tests that stop and restart it."""
+    server = MongoServer(tmp_path / "mongo")
+    await server.start()
+    yield server
+    await server.stop()
