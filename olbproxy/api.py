@@ -13,11 +13,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from olbproxy.body import is_load_request, model_of, read_json, wants_stream
+from olbproxy.body import check_limits, is_load_request, model_of, read_json, wants_stream
 from olbproxy.catalog import Catalog
 from olbproxy.config import GroupSettings, Settings
 from olbproxy.errors import MethodNotAllowed, ProxyError, Unavailable, UpstreamError
@@ -48,7 +49,8 @@ MODEL_ENDPOINTS = (
 
 
 def principal_of(request: web.Request) -> Principal:
-    return request[PRINCIPAL] if PRINCIPAL in request else OPEN
+    principal: Principal = request.get(PRINCIPAL, OPEN)
+    return principal
 
 
 class OllamaApi:
@@ -89,6 +91,9 @@ class OllamaApi:
         ]
         return method_table(table)
 
+    async def read(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
+        return await read_json(request, self.settings.max_body_bytes, self.settings.body_timeout)
+
     # -- answered by the proxy -------------------------------------------------------
 
     async def root(self, request: web.Request) -> web.StreamResponse:
@@ -121,7 +126,7 @@ class OllamaApi:
         return self.pool.groups[settings.name]
 
     async def show(self, request: web.Request) -> web.StreamResponse:
-        raw, data = await read_json(request, self.settings.max_body_bytes)
+        raw, data = await self.read(request)
         group = self.group_for(request, model_of(data))
         return await self._rotate(request, group, raw)
 
@@ -143,9 +148,10 @@ class OllamaApi:
         )
 
     async def model_request(self, request: web.Request) -> web.StreamResponse:
-        raw, data = await read_json(request, self.settings.max_body_bytes)
+        raw, data = await self.read(request)
         model = model_of(data)
         group = self.group_for(request, model)
+        check_limits(data, group.settings)
         endpoint = request.match_info.route.resource.canonical  # type: ignore[union-attr]
         if is_load_request(endpoint, data):
             return await self.fan_out(request, group, raw)
@@ -231,7 +237,7 @@ class OllamaApi:
         body: bytes | aiohttp.StreamReader | None = None
         model: str | None = None
         if request.body_exists and "json" in request.content_type:
-            body, data = await read_json(request, self.settings.max_body_bytes)
+            body, data = await self.read(request)
             model = data.get("model") if isinstance(data.get("model"), str) else None
         elif request.body_exists:
             body = request.content

@@ -18,14 +18,19 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from olbproxy.api import OllamaApi
+from olbproxy.auth import Authenticator
 from olbproxy.catalog import Catalog
 from olbproxy.config import Settings
 from olbproxy.errors import ProxyError, render
 from olbproxy.health import HealthChecker
 from olbproxy.management import ModelManagement
+from olbproxy.metrics import Metrics
 from olbproxy.pool import Backend, Pool
 from olbproxy.relay import Relay, Watchdog
 from olbproxy.routing import Router
+from olbproxy.status import Status
+from olbproxy.store import Store, open_store
+from olbproxy.warmup import Warmup
 
 log = logging.getLogger("olbproxy.app")
 
@@ -36,6 +41,10 @@ SESSION = web.AppKey("SESSION", aiohttp.ClientSession)
 RELAY = web.AppKey("RELAY", Relay)
 API = web.AppKey("API", OllamaApi)
 HEALTH = web.AppKey("HEALTH", HealthChecker)
+METRICS = web.AppKey("METRICS", Metrics)
+STATUS = web.AppKey("STATUS", Status)
+STORE: web.AppKey[Store] = web.AppKey("STORE")
+AUTHENTICATOR = web.AppKey("AUTHENTICATOR", Authenticator)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -159,10 +168,15 @@ async def create_app(settings: Settings) -> web.Application:
     )
     app[SESSION] = session
 
-    def backend_changed(backend: Backend) -> None:
-        pool.slot_freed(backend)
+    warmup = Warmup(pool, session)
 
-    watchdog = Watchdog()
+    def backend_changed(backend: Backend) -> None:
+        pool.slot_freed(backend)  # wake waiters: a slot appeared, or their hope vanished
+        if backend.healthy:
+            warmup.schedule(backend)
+
+    # Check often enough that a stall is noticed within about a quarter of its limit.
+    watchdog = Watchdog(tick=min([1.0, *(g.idle_timeout / 4 for g in settings.groups)]))
     relay = Relay(
         session,
         watchdog,
@@ -178,10 +192,38 @@ async def create_app(settings: Settings) -> web.Application:
     management = ModelManagement(settings, pool, router, relay, session)
 
     # -- identity (auth.py): authentication middleware, /api/auth/* routes -----------
+    store = open_store(settings)
+    authenticator = Authenticator(settings.auth, store)
+    app[STORE], app[AUTHENTICATOR] = store, authenticator
+
+    async def store_lifetime(app: web.Application) -> AsyncIterator[None]:
+        await store.start()
+        yield
+        await store.close()
+
+    # Before every other component's lifetime, so the store closes after they stop.
+    app.cleanup_ctx.append(store_lifetime)
+    if settings.auth.enabled:
+        app.middlewares.append(authenticator.middleware)
+        app.router.add_routes(authenticator.accounts.routes())
+        app.cleanup_ctx.append(authenticator.lifetime)
 
     # -- persistence (recorder, rooms API) -------------------------------------------
 
     # -- metrics and status ------------------------------------------------------------
+    metrics = Metrics(
+        settings.metrics, pool, relay.errors, auth_failures=lambda: authenticator.failures
+    )
+    app[METRICS] = metrics
+    if settings.metrics.enabled:
+        api.observers.append(metrics.observe)
+    for path in metrics.public_paths:
+        authenticator.allow_anonymous(path)
+    app.router.add_routes(metrics.routes())
+    app.cleanup_ctx.append(metrics.listener)
+    status = Status(pool, catalog, relay.errors)
+    app[STATUS] = status
+    app.router.add_routes(status.routes())
 
     app.router.add_routes(api.routes())
     app.router.add_routes(management.routes())
@@ -194,12 +236,14 @@ async def create_app(settings: Settings) -> web.Application:
             asyncio.create_task(watchdog.run(), name="olbproxy-watchdog"),
             asyncio.create_task(health.run(), name="olbproxy-health"),
         ]
+        warmup.schedule_all()
         yield
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await warmup.close()
         await session.close()
 
     app.cleanup_ctx.append(lifetime)

@@ -6,12 +6,14 @@ so fields Ollama adds tomorrow pass through untouched.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from aiohttp import web
 
-from olbproxy.errors import BadRequest, PayloadTooLarge
+from olbproxy.config import GroupSettings
+from olbproxy.errors import BadRequest, PayloadTooLarge, RequestTimeout
 
 # Fields whose type we rely on; everything else is the backend's business.
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -26,14 +28,20 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-async def read_json(request: web.Request, limit: int) -> tuple[bytes, dict[str, Any]]:
-    """The raw body and its parsed object; 413 beyond ``limit``, 400 when not JSON."""
+async def read_json(
+    request: web.Request, limit: int, seconds: float = 60.0
+) -> tuple[bytes, dict[str, Any]]:
+    """The raw body and its parsed object; 413 beyond ``limit``, 408 when slower than
+    ``seconds``, 400 when not a JSON object."""
     if request.content_length is not None and request.content_length > limit:
         raise too_large(request.content_length, limit)
     try:
-        raw = await request.read()
+        async with asyncio.timeout(seconds):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise too_large(None, limit) from None
+    except TimeoutError:
+        raise RequestTimeout(f"request body not received within {seconds:g}s") from None
     if not raw.strip():
         raise BadRequest("missing request body")
     try:
@@ -91,3 +99,27 @@ def is_load_request(endpoint: str, data: dict[str, Any]) -> bool:
     if endpoint == "/api/chat":
         return not data.get("messages")
     return False
+
+
+def check_limits(data: dict[str, Any], group: GroupSettings) -> None:
+    """Refuse option values beyond the group's configured limits (400 naming the field)."""
+    options = data.get("options") or {}
+    limits = (
+        ("options.num_ctx", options.get("num_ctx"), group.max_num_ctx),
+        ("options.num_predict", options.get("num_predict"), group.max_num_predict),
+        # The OpenAI-compatible layer maps these onto num_predict.
+        ("max_tokens", data.get("max_tokens"), group.max_num_predict),
+        ("max_completion_tokens", data.get("max_completion_tokens"), group.max_num_predict),
+        ("max_output_tokens", data.get("max_output_tokens"), group.max_num_predict),
+    )
+    for name, value, limit in limits:
+        if limit is None or value is None:
+            continue
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise BadRequest(f"{name} must be a number")
+        # num_predict -1/-2 mean "no limit", which is what a configured limit rules out.
+        if value > limit or value < 0:
+            raise BadRequest(
+                f"{name}={value:g} is beyond this server's limit of {limit} for group "
+                f"{group.name!r}"
+            )

@@ -49,6 +49,10 @@ class GroupSettings:
     model_store: ModelStore = "shared"
     warmup: bool = False
     keep_alive: str | None = None
+    # Refuse requests asking for more than this (None: no limit); a huge num_ctx would
+    # make the instance reload the model with a giant KV cache for everybody.
+    max_num_ctx: int | None = None
+    max_num_predict: int | None = None
 
     @property
     def catch_all(self) -> bool:
@@ -73,10 +77,16 @@ class AuthSettings:
     audience: str | None = None
     bcrypt_cost: int = 12
     registration: Registration = "open"
+    # Codes accepted by /api/auth/register when registration is "invite" (reusable).
     invite_codes: tuple[str, ...] = field(default=(), repr=False)
+    # Groups given to self-registered users; empty: every group.
+    default_groups: tuple[str, ...] = ()
+    min_password_length: int = 8
     trusted_networks: tuple[str, ...] = ()
     trusted_user: str | None = None
+    # Failed logins per username, and attempts per client address, within login_window.
     login_attempts: int = 5
+    address_attempts: int = 20
     login_window: float = 300.0
     # How long a verified API key or token stays cached; revocations show within this.
     cache_seconds: float = 5.0
@@ -88,6 +98,8 @@ class StoreSettings:
     database: str = "olbproxy"
     # "memory" keeps everything in process (demo); "mongodb" needs mongodb_uri.
     backend: Literal["mongodb", "memory"] = "mongodb"
+    # Seconds to wait for MongoDB before answering 503 (server selection, connect).
+    timeout: float = 3.0
     spool_dir: str = "var/spool"
     queue_size: int = 10_000
     batch_size: int = 200
@@ -110,6 +122,8 @@ class Settings:
     groups: tuple[GroupSettings, ...] = ()
     origins: tuple[str, ...] = ()
     max_body_bytes: int = 64 * 1024 * 1024
+    # Seconds a client may take to send its request body (slow senders hold a slot).
+    body_timeout: float = 60.0
     connect_timeout: float = 5.0
     shutdown_deadline: float = 60.0
     log_level: str = "INFO"
@@ -138,6 +152,7 @@ _TOP_KEYS = {
     "group_defaults",
     "origins",
     "max_body_bytes",
+    "body_timeout",
     "connect_timeout",
     "shutdown_deadline",
     "log_level",
@@ -382,8 +397,19 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError(
             f"{src}: auth.trusted_user: is required when auth.trusted_networks is set"
         )
-    if settings.auth.bcrypt_cost not in range(4, 32):
+    auth = settings.auth
+    if auth.bcrypt_cost not in range(4, 32):
         raise ConfigError(f"{src}: auth.bcrypt_cost: must be between 4 and 31")
+    if auth.registration == "invite" and not auth.invite_codes:
+        raise ConfigError(f"{src}: auth.invite_codes: registration: invite needs at least one code")
+    for name in ("login_attempts", "address_attempts", "min_password_length"):
+        if getattr(auth, name) < 1:
+            raise ConfigError(f"{src}: auth.{name}: must be at least 1")
+    for name in ("token_ttl", "login_window", "cache_seconds"):
+        if getattr(auth, name) <= 0:
+            raise ConfigError(f"{src}: auth.{name}: must be a positive number of seconds")
+    if settings.store.timeout <= 0:
+        raise ConfigError(f"{src}: store.timeout: must be a positive number of seconds")
     if settings.max_body_bytes < 1024:
         raise ConfigError(f"{src}: max_body_bytes: must be at least 1024")
     if settings.metrics.listen:
@@ -400,5 +426,11 @@ def check_secret(settings: Settings) -> None:
             f"JWT_SECRET is the literal text {secret!r}: .env files do not run commands, "
             f"so this is not a random secret; {how}"
         )
-    if not secret or len(secret.encode()) < 32:
-        raise ConfigError(f"JWT_SECRET must be at least 32 bytes long; {how}")
+    # An HMAC key shorter than its hash's output weakens it (RFC 7518 3.2): 32 bytes for
+    # HS256, 48 for HS384, 64 for HS512.
+    least = max(32, int(settings.auth.jwt_algorithm[2:]) // 8)
+    if not secret or len(secret.encode()) < least:
+        raise ConfigError(
+            f"JWT_SECRET must be at least {least} bytes long "
+            f"(auth.jwt_algorithm {settings.auth.jwt_algorithm}); {how}"
+        )

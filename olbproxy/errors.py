@@ -3,7 +3,8 @@
     ProxyError                     500  anything we did not foresee
     ├── ConfigError                     bad configuration (never reaches HTTP)
     ├── BadRequest                 400  malformed JSON, wrong types, missing model
-    │   └── PayloadTooLarge        413  body over the configured limit
+    │   ├── PayloadTooLarge        413  body over the configured limit
+    │   └── RequestTimeout         408  the client sent its body too slowly
     ├── Unauthorized               401  missing, invalid or expired credentials
     ├── Forbidden                  403  authenticated, but not allowed
     ├── NotFound                   404
@@ -56,6 +57,10 @@ class BadRequest(ProxyError):
 
 class PayloadTooLarge(BadRequest):
     status = 413
+
+
+class RequestTimeout(BadRequest):
+    status = 408
 
 
 class Unauthorized(ProxyError):

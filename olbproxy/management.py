@@ -64,7 +64,9 @@ class ModelManagement:
 
     async def manage(self, request: web.Request) -> web.StreamResponse:
         require_admin(request)
-        raw, data = await read_json(request, self.settings.max_body_bytes)
+        raw, data = await read_json(
+            request, self.settings.max_body_bytes, self.settings.body_timeout
+        )
         model = model_of(data, field="source" if request.path == "/api/copy" else "model")
         settings = self.router.group_for(model)
         if settings is None:

@@ -17,11 +17,15 @@ class Principal:
     role: Role = "user"
     # None: every group; otherwise the names of the groups this user may use.
     groups: frozenset[str] | None = None
-    # How they proved it: token, key, basic, trusted (network), open (auth disabled).
+    # How they proved it: token, key, basic, trusted (network), open (auth disabled),
+    # anonymous (a public path while auth is on).
     via: str = "token"
     # A key marked as a trusted front-end (Open WebUI) may name its end users.
     front_end: bool = False
     key_id: str | None = None
+    # Open WebUI's X-OpenWebUI-Chat-Id, only when a trusted front-end key names its end
+    # user: the conversation that persistence may file the exchange under.
+    room_hint: str | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -30,6 +34,8 @@ class Principal:
 
 # When authentication is switched off (tests of routing alone, or an explicit choice).
 OPEN = Principal(id="anonymous", name="anonymous", role="admin", via="open")
+# On the public paths (``/``, ``/api/auth/*``) when authentication is on: no group, no role.
+ANONYMOUS = Principal(id="anonymous", name="anonymous", groups=frozenset(), via="anonymous")
 
 # The request's principal, set by the authentication middleware (aiohttp wants typed keys).
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -169,8 +169,14 @@ class Relay:
             attempts = 1  # a streamed upload cannot be sent twice
         for _ in range(attempts):
             waited = time.monotonic()
-            backend = await placement.acquire(tried)
-            exchange.queue_wait += time.monotonic() - waited
+            try:
+                backend = await placement.acquire(tried)
+            except Unavailable:
+                if last is None:
+                    raise
+                break  # nobody left to try: report why the tried ones failed
+            finally:
+                exchange.queue_wait += time.monotonic() - waited
             exchange.backend = backend.label
             exchange.attempts += 1
             try:
@@ -230,9 +236,8 @@ class Relay:
             self.on_health_change(backend)
 
     def _succeeded(self, backend: Backend) -> None:
-        if backend.failures or not backend.healthy:
-            if backend.mark_ok():
-                log.info("backend %s is back in rotation", backend.label)
+        if (backend.failures or not backend.healthy) and backend.mark_ok():
+            log.info("backend %s is back in rotation", backend.label)
             self.on_health_change(backend)
 
     async def _attempt(

@@ -220,6 +220,22 @@ class OllamaSimulator:
         runner, self._runner = self._runner, None
         if runner is None:
             return
+        # CPython 3.11 leaks the socket of a connection accepted just before the listener
+        # closes (Server._attach asserts, silently). So stop accepting first, let accepts
+        # already under way finish, and only then close the listener.
+        loop = asyncio.get_running_loop()
+        listeners = [getattr(site, "_server", None) for site in runner.sites]
+        for listener in listeners:
+            for sock in getattr(listener, "sockets", None) or ():
+                loop.remove_reader(sock.fileno())
+        for _ in range(10):
+            await asyncio.sleep(0)
+        for site in list(runner.sites):
+            await site.stop()
+        server = runner.server
+        for handler in list(server.connections) if server is not None else []:
+            if handler.transport is not None:
+                handler.transport.abort()
         for transport in list(self._transports):
             transport.abort()
         self._transports.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -12,11 +13,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from mongo import MongoServer
 
 from olbproxy.app import create_app
 from olbproxy.config import GroupSettings, Settings
 from olbproxy.simulator import OllamaSimulator
-from mongo import MongoServer
 
 
 @dataclass
@@ -33,7 +34,9 @@ class Proxy:
         await self.runner.cleanup()
 
 
-def group(name: str, models: tuple[str, ...], sims: list[OllamaSimulator], **kw: Any) -> GroupSettings:
+def group(
+    name: str, models: tuple[str, ...], sims: list[OllamaSimulator], **kw: Any
+) -> GroupSettings:
     return GroupSettings(name=name, models=models, endpoints=tuple(s.url for s in sims), **kw)
 
 
@@ -50,6 +53,13 @@ def make_settings(*groups: GroupSettings, **overrides: Any) -> Settings:
         assert key in sections, key
         nested[key] = value
     return replace(base, **nested)
+
+
+async def until(predicate: Callable[[], bool], within: float = 5.0) -> None:
+    """Poll a condition on the proxy's own state (simulators have wait_until for theirs)."""
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110  (no event exists for these states)
+            await asyncio.sleep(0.01)
 
 
 StartSims = Callable[..., Awaitable[list[OllamaSimulator]]]
@@ -98,7 +108,9 @@ async def start_proxy() -> AsyncIterator[StartProxy]:
 
 
 @pytest.fixture
-async def seed(start_sims: StartSims, start_proxy: StartProxy) -> tuple[Proxy, list[OllamaSimulator], list[OllamaSimulator]]:
+async def seed(
+    start_sims: StartSims, start_proxy: StartProxy
+) -> tuple[Proxy, list[OllamaSimulator], list[OllamaSimulator]]:
     """The seed's layout: three 20b backends and two 120b backends behind one proxy."""
     small = await start_sims(3, prefix="s", tokens_per_second=0)
     large = await start_sims(2, prefix="l", tokens_per_second=0)

@@ -50,9 +50,20 @@ class MongoServer:
                 "secantusd-py not found: run `make test`, or set OLBPROXY_SECANTUSD "
                 "to the launcher of a venv with SecantusDB==0.7.0b3"
             )
-        self.process = subprocess.Popen(
-            [exe, "--host", "127.0.0.1", "--port", str(self.port),
-             "--storage-path", str(self.data_dir), "--log-level", "WARNING"],
+        # A plain Popen, not asyncio's: the session-wide server outlives the event loop of
+        # the fixture that starts it. Spawning does not block in any way that matters.
+        self.process = subprocess.Popen(  # noqa: ASYNC220
+            [
+                exe,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--storage-path",
+                str(self.data_dir),
+                "--log-level",
+                "WARNING",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=sys.stderr,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from conftest import Proxy, StartProxy, StartSims, group, make_settings
@@ -27,7 +28,7 @@ async def test_root_answers_exactly_like_ollama(seed: Seed) -> None:
 
 
 async def test_requests_spread_round_robin_inside_the_group(seed: Seed) -> None:
-    proxy, small, large = seed
+    proxy, _small, large = seed
     answers = []
     for _ in range(6):
         async with proxy.http.post(proxy.url + "/api/chat", json=CHAT) as resp:
@@ -129,7 +130,7 @@ async def test_wrong_method_is_a_405(seed: Seed) -> None:
 
 
 async def test_tags_are_merged_and_deduplicated(seed: Seed) -> None:
-    proxy, small, large = seed
+    proxy, _small, _large = seed
     async with proxy.http.get(proxy.url + "/api/tags") as resp:
         models = (await resp.json())["models"]
     names = [m["name"] for m in models]
@@ -139,7 +140,7 @@ async def test_tags_are_merged_and_deduplicated(seed: Seed) -> None:
 
 
 async def test_a_dead_backend_leaves_out_only_its_part(seed: Seed) -> None:
-    proxy, small, large = seed
+    proxy, _small, large = seed
     for sim in large:
         await sim.stop()
     async with proxy.http.get(proxy.url + "/api/tags") as resp:
@@ -157,7 +158,7 @@ async def test_version_is_the_lowest_among_backends(seed: Seed) -> None:
 
 
 async def test_ps_lists_loaded_models_once(seed: Seed) -> None:
-    proxy, small, large = seed
+    proxy, _small, _large = seed
     for _ in range(3):  # loads gpt-oss:20b on all three small backends
         async with proxy.http.post(proxy.url + "/api/chat", json=CHAT) as resp:
             assert resp.status == 200
@@ -233,9 +234,57 @@ async def test_cors_preflight_is_answered_for_allowed_origins(seed: Seed) -> Non
 
 
 async def test_non_stream_answer_is_passed_byte_for_byte(seed: Seed) -> None:
-    proxy, small, _ = seed
+    proxy, _small, _ = seed
     async with proxy.http.post(proxy.url + "/api/chat", json=CHAT) as resp:
         via_proxy = await resp.read()
         assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
     data = json.loads(via_proxy)
     assert data["done"] is True and data["message"]["role"] == "assistant"
+
+
+async def test_num_ctx_beyond_the_group_limit_is_refused(
+    start_sims: StartSims, start_proxy: StartProxy
+) -> None:
+    sims = await start_sims(1, tokens_per_second=0)
+    proxy = await start_proxy(
+        make_settings(group("20b", ("gpt-oss:20b",), sims, max_num_ctx=32768, max_num_predict=4096))
+    )
+    for options, field in (
+        ({"num_ctx": 1_000_000}, "num_ctx"),
+        ({"num_predict": -1}, "num_predict"),
+    ):
+        async with proxy.http.post(
+            proxy.url + "/api/chat", json={**CHAT, "options": options}
+        ) as resp:
+            assert resp.status == 400
+            assert field in (await resp.json())["error"]
+    body = {
+        "model": "gpt-oss:20b",
+        "messages": [{"role": "user", "content": "x"}],
+        "max_tokens": 99999,
+    }
+    async with proxy.http.post(proxy.url + "/v1/chat/completions", json=body) as resp:
+        assert resp.status == 400
+        assert "max_tokens" in (await resp.json())["error"]["message"]
+    async with proxy.http.post(
+        proxy.url + "/api/chat", json={**CHAT, "options": {"num_ctx": 8192}}
+    ) as resp:
+        assert resp.status == 200
+    assert model_requests(sims[0]) == 1
+
+
+async def test_a_client_sending_its_body_too_slowly_gets_408(
+    start_sims: StartSims, start_proxy: StartProxy
+) -> None:
+    sims = await start_sims(1, tokens_per_second=0)
+    proxy = await start_proxy(make_settings(group("20b", ("gpt-oss:20b",), sims), body_timeout=0.3))
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(proxy.url.rsplit(":", 1)[1]))
+    writer.write(
+        b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"model":'
+    )
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), 5)
+    assert b" 408 " in status_line
+    writer.close()
+    assert model_requests(sims[0]) == 0

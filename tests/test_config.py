@@ -69,7 +69,9 @@ def test_dotenv_beside_the_config_is_read_and_environment_wins(tmp_path: Path) -
 
 def test_unknown_key_names_file_key_and_suggestion(tmp_path: Path) -> None:
     path = write(tmp_path, "grops: []\n")
-    with pytest.raises(ConfigError, match=r"olbproxy.yaml: grops: unknown key \(did you mean 'groups'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"olbproxy.yaml: grops: unknown key \(did you mean 'groups'\?\)"
+    ):
         config.load(path, {})
 
 
@@ -77,11 +79,18 @@ def test_unknown_key_names_file_key_and_suggestion(tmp_path: Path) -> None:
     ("text", "expected"),
     [
         ("groups: [{name: a, models: [x], endpoints: [ftp://x]}]", r"groups\[0\]\.endpoints\[0\]"),
-        ("groups: [{name: a, models: [x], endpoints: [http://x], slots: many}]", r"groups\[0\]\.slots"),
+        (
+            "groups: [{name: a, models: [x], endpoints: [http://x], slots: many}]",
+            r"groups\[0\]\.slots",
+        ),
         ("groups: [{name: a, endpoints: [http://x]}]", r"groups\[0\]\.models: is required"),
         ("listen: nowhere", r"listen: expected host:port"),
         ("auth: {registration: maybe}", r"auth\.registration: must be one of open, invite, closed"),
-        ("groups: [{name: a, models: [x], endpoints: [http://x]}, {name: a, models: [y], endpoints: [http://y]}]", "used twice"),
+        (
+            "groups: [{name: a, models: [x], endpoints: [http://x]},"
+            " {name: a, models: [y], endpoints: [http://y]}]",
+            "used twice",
+        ),
         ("health: {interval: fast}", r"health\.interval"),
     ],
 )
@@ -109,7 +118,9 @@ def test_check_config_prints_routing_table(capsys: pytest.CaptureFixture[str]) -
     assert "-> http://127.0.0.1:11532" in out
 
 
-def test_check_config_warns_about_overlaps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_warns_about_overlaps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = write(
         tmp_path,
         """
@@ -122,6 +133,8 @@ groups:
     assert "warning: group 'oss': 'gpt-oss:20b' is never routed there" in capsys.readouterr().out
 
 
-def test_check_config_exits_non_zero_on_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_exits_non_zero_on_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["check-config", str(write(tmp_path, "listen: [1, 2]"))]) == 2
     assert "configuration error" in capsys.readouterr().err

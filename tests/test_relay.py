@@ -92,7 +92,8 @@ async def test_request_body_reaches_the_backend_unchanged(
     sims = await start_sims(1, tokens_per_second=0)
     proxy = await start_proxy(make_settings(group("20b", ("gpt-oss:20b",), sims)))
     raw = (
-        b'{"model":"gpt-oss:20b","messages":[{"role":"user","content":"\\u003ctag\\u003e \xec\x95\x88"}],'
+        b'{"model":"gpt-oss:20b",'
+        b'"messages":[{"role":"user","content":"\\u003ctag\\u003e \xec\x95\x88"}],'
         b'"stream":false,"future_field":{"x":1.10}}'
     )
     async with proxy.http.post(proxy.url + "/api/chat", data=raw) as resp:

@@ -1,0 +1,340 @@
+"""Metrics: every Prometheus metric of olbproxy, named in this one module.
+
+Two kinds, and neither touches the stream while tokens flow:
+
+* **Per exchange.** ``Metrics.observe`` is one of ``OllamaApi.observers``: it runs once
+  per finished model request, after the relay has parsed the final chunk's counters.
+* **Live state**, read when Prometheus scrapes (``LiveState``): in-flight requests and
+  slots per backend, health, queue depth, upstream errors (``Relay.errors``), and the
+  optional sources other parts of the proxy offer (authentication failures, the
+  persistence backlog), each passed in as a callable.
+
+Every metric lives in the app's own ``CollectorRegistry``: a process may hold several
+apps (tests do), and the global default registry would refuse the second one.
+
+Labels are bounded by the configuration: ``endpoint`` is a route of the API, ``group``
+and ``backend`` (host:port) come from the config file. ``model`` appears only on
+exchanges a backend answered in full (see ``observe``), and ``user`` only when
+``metrics.user_labels`` is true.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from olbproxy.api import method_table, principal_of
+from olbproxy.config import MetricsSettings, parse_listen
+from olbproxy.errors import Forbidden
+from olbproxy.exchange import Exchange
+from olbproxy.pool import Pool
+from olbproxy.routing import normalise_model
+
+log = logging.getLogger("olbproxy.metrics")
+
+PATH = "/metrics"
+
+# A load_duration at or above this means the model had to be read from disk. A warm
+# request's load_duration is a few milliseconds, and even the 20b model takes seconds
+# to load on a Mac Studio, so one second separates the two with room on both sides.
+COLD_LOAD_SECONDS = 1.0
+
+# Bucket bounds in seconds (tokens per second for THROUGHPUT). Chosen for LLM serving:
+# first tokens of a warm model arrive in well under a second, a cold 120b load takes
+# minutes, and answers stream for up to the groups' total timeout (30 min).
+TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+DURATION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800)
+QUEUE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+THROUGHPUT_BUCKETS = (1, 2, 5, 10, 20, 30, 40, 50, 60, 80, 100, 150, 200, 300, 500, 1000, 5000)
+
+# Optional sources, read at scrape time. Auth failures by reason (the authenticator's
+# Counter); the persistence backlog by stage, e.g. {"queue": 3, "spool": 120}.
+AuthFailures = Callable[[], Mapping[str, int]]
+Backlog = Callable[[], Mapping[str, float]]
+
+
+class Metrics:
+    """The registry, the per-exchange metrics, and the ``/metrics`` endpoint."""
+
+    def __init__(
+        self,
+        settings: MetricsSettings,
+        pool: Pool,
+        upstream_errors: Mapping[tuple[str, str], int],
+        *,
+        auth_failures: AuthFailures | None = None,
+        backlog: Backlog | None = None,
+        cold_load_seconds: float = COLD_LOAD_SECONDS,
+    ) -> None:
+        self.settings = settings
+        self.cold_load_seconds = cold_load_seconds
+        self.registry = CollectorRegistry()
+        self.live = LiveState(pool, upstream_errors, auth_failures=auth_failures, backlog=backlog)
+        self.registry.register(self.live)
+        user = ("user",) if settings.user_labels else ()
+        reg = self.registry
+        self.requests = Counter(
+            "olbproxy_requests",
+            "Model requests by route, group, backend, HTTP status and outcome "
+            "(done, error, cancelled: the client left).",
+            ("endpoint", "group", "backend", "status", "outcome", *user),
+            registry=reg,
+        )
+        self.queue_wait = Histogram(
+            "olbproxy_queue_wait_seconds",
+            "Time model requests waited for a free slot.",
+            ("group",),
+            buckets=QUEUE_BUCKETS,
+            registry=reg,
+        )
+        self.ttft = Histogram(
+            "olbproxy_time_to_first_token_seconds",
+            "Time from the request to the first byte of a streamed answer (successful streams).",
+            ("group", "model"),
+            buckets=TTFT_BUCKETS,
+            registry=reg,
+        )
+        self.duration = Histogram(
+            "olbproxy_request_duration_seconds",
+            "Time from the request to the end of the answer (successful requests).",
+            ("endpoint", "group", "model"),
+            buckets=DURATION_BUCKETS,
+            registry=reg,
+        )
+        self.prompt_tokens = Counter(
+            "olbproxy_prompt_tokens",
+            "Prompt tokens evaluated, from Ollama's prompt_eval_count.",
+            ("group", "backend", "model", *user),
+            registry=reg,
+        )
+        self.generated_tokens = Counter(
+            "olbproxy_generated_tokens",
+            "Tokens generated, from Ollama's eval_count.",
+            ("group", "backend", "model", *user),
+            registry=reg,
+        )
+        self.throughput = Histogram(
+            "olbproxy_tokens_per_second",
+            "Ollama's own speed per request: eval_count/eval_duration (phase=generation) "
+            "and prompt_eval_count/prompt_eval_duration (phase=prompt).",
+            ("group", "model", "phase"),
+            buckets=THROUGHPUT_BUCKETS,
+            registry=reg,
+        )
+        self.load_time = Histogram(
+            "olbproxy_model_load_seconds",
+            "Ollama's load_duration: milliseconds when the model is resident, seconds "
+            "when it had to be loaded.",
+            ("group", "backend", "model"),
+            buckets=LOAD_BUCKETS,
+            registry=reg,
+        )
+        self.cold_loads = Counter(
+            "olbproxy_cold_loads",
+            f"Requests whose load_duration was at least {cold_load_seconds:g}s: "
+            "the model was loaded for them.",
+            ("group", "backend", "model"),
+            registry=reg,
+        )
+        self._handler = make_aiohttp_handler(self.registry)
+
+    # -- per exchange ---------------------------------------------------------------
+
+    def observe(self, exchange: Exchange) -> None:
+        """Count one finished model exchange; an ``OllamaApi`` observer."""
+        group = exchange.group or "none"
+        backend = exchange.backend or "none"
+        user = (exchange.user_name,) if self.settings.user_labels else ()
+        self.requests.labels(
+            exchange.endpoint, group, backend, _status(exchange), exchange.outcome, *user
+        ).inc()
+        if exchange.attempts:
+            self.queue_wait.labels(group).observe(exchange.queue_wait)
+        if exchange.outcome != "done" or exchange.status >= 400 or not exchange.model:
+            return
+        # The model name is the client's to choose: a catch-all group forwards any name
+        # and the backend answers 404 to a typo. Only a complete answer proves the model
+        # is installed, so only then is the name a bounded label. Latencies of failures
+        # would only blur the percentiles; they are in olbproxy_requests_total.
+        model = normalise_model(exchange.model)
+        if exchange.stream and (ttft := exchange.ttft) is not None:
+            self.ttft.labels(group, model).observe(ttft)
+        if (duration := exchange.duration) is not None:
+            self.duration.labels(exchange.endpoint, group, model).observe(duration)
+        counters = exchange.counters
+        prompt = _number(counters.get("prompt_eval_count"))
+        generated = _number(counters.get("eval_count"))
+        if prompt:
+            self.prompt_tokens.labels(group, backend, model, *user).inc(prompt)
+        if generated:
+            self.generated_tokens.labels(group, backend, model, *user).inc(generated)
+        # Ollama's durations are nanoseconds; they exclude queueing and the network.
+        eval_ns = _number(counters.get("eval_duration"))
+        if generated and eval_ns:
+            self.throughput.labels(group, model, "generation").observe(generated * 1e9 / eval_ns)
+        prompt_ns = _number(counters.get("prompt_eval_duration"))
+        if prompt and prompt_ns:
+            self.throughput.labels(group, model, "prompt").observe(prompt * 1e9 / prompt_ns)
+        load_ns = _number(counters.get("load_duration"))
+        if load_ns is not None:
+            seconds = load_ns / 1e9
+            self.load_time.labels(group, backend, model).observe(seconds)
+            if seconds >= self.cold_load_seconds:
+                self.cold_loads.labels(group, backend, model).inc()
+
+    # -- exposition -----------------------------------------------------------------
+
+    @property
+    def public_paths(self) -> tuple[str, ...]:
+        """Paths of the main listener that need no credentials (for the authenticator)."""
+        s = self.settings
+        return (PATH,) if s.enabled and s.access == "open" and not s.listen else ()
+
+    def routes(self) -> list[web.RouteDef]:
+        """``/metrics`` on the main listener, unless disabled or served on its own port."""
+        if not self.settings.enabled or self.settings.listen:
+            return []
+        return method_table([(PATH, ("GET",), self.handle)])
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.settings.access == "token" and not principal_of(request).is_admin:
+            raise Forbidden("metrics are for admins (metrics.access: token)")
+        return await self._handler(request)
+
+    async def listener(self, app: web.Application) -> AsyncIterator[None]:
+        """cleanup_ctx: serve ``/metrics`` alone on ``metrics.listen`` when configured."""
+        settings = self.settings
+        if not settings.enabled or not settings.listen:
+            yield
+            return
+        host, port = parse_listen(settings.listen, "metrics.listen")
+        if settings.access == "token":
+            # That port has no authentication middleware: the address is the access control.
+            log.warning(
+                "metrics.access: token does not apply to metrics.listen %s; anyone who can "
+                "reach that address can read the metrics: bind it to loopback",
+                settings.listen,
+            )
+        metrics_app = web.Application()
+        metrics_app.router.add_get(PATH, self._handler)
+        runner = web.AppRunner(metrics_app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            log.info("metrics on http://%s:%d%s", host, port, PATH)
+            yield
+        finally:
+            await runner.cleanup()
+
+
+def _status(exchange: Exchange) -> str:
+    if exchange.status:
+        return str(exchange.status)
+    # No status reached the client: Ollama's own 499 when it left, else our 500.
+    return "499" if exchange.outcome == "cancelled" else "500"
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+class LiveState:
+    """A custom collector: the pool's live state and the optional sources, read at scrape."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        upstream_errors: Mapping[tuple[str, str], int],
+        *,
+        auth_failures: AuthFailures | None = None,
+        backlog: Backlog | None = None,
+    ) -> None:
+        self.pool = pool
+        self.upstream_errors = upstream_errors
+        self.auth_failures = auth_failures
+        self.backlog = backlog
+
+    def describe(self) -> list[Metric]:
+        return list(self._families().values())
+
+    def collect(self) -> Iterator[Metric]:
+        families = self._families()
+        in_flight, slots, up, waiting, capacity = (
+            families[name] for name in ("in_flight", "slots", "up", "waiting", "capacity")
+        )
+        for group in self.pool.groups.values():
+            # A backend listed in two groups is shown under both.
+            for backend in group.backends:
+                labels = (group.name, backend.label)
+                in_flight.add_metric(labels, backend.in_flight)
+                slots.add_metric(labels, backend.slots)
+                up.add_metric(labels, 1 if backend.healthy else 0)
+            waiting.add_metric((group.name,), group.admission.waiting)
+            capacity.add_metric((group.name,), group.settings.queue_size)
+        errors = families["upstream_errors"]
+        for (backend_label, kind), count in sorted(self.upstream_errors.items()):
+            errors.add_metric((backend_label, kind), count)
+        if self.auth_failures is not None:
+            for reason, count in sorted(self.auth_failures().items()):
+                families["auth_failures"].add_metric((reason,), count)
+        if self.backlog is not None:
+            for stage, records in sorted(self.backlog().items()):
+                families["backlog"].add_metric((stage,), records)
+        yield from families.values()
+
+    @staticmethod
+    def _families() -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
+        backend = ("group", "backend")
+        return {
+            "in_flight": GaugeMetricFamily(
+                "olbproxy_backend_in_flight",
+                "Model requests running on the backend now (taken slots).",
+                labels=backend,
+            ),
+            "slots": GaugeMetricFamily(
+                "olbproxy_backend_slots",
+                "Concurrent requests the backend takes per model (the group's slots).",
+                labels=backend,
+            ),
+            "up": GaugeMetricFamily(
+                "olbproxy_backend_up",
+                "1 while the backend is in rotation, 0 while health checks fail.",
+                labels=backend,
+            ),
+            "waiting": GaugeMetricFamily(
+                "olbproxy_queue_depth",
+                "Model requests waiting for a free slot in the group.",
+                labels=("group",),
+            ),
+            "capacity": GaugeMetricFamily(
+                "olbproxy_queue_capacity",
+                "Requests the group's queue holds before answering 503 (queue_size).",
+                labels=("group",),
+            ),
+            "upstream_errors": CounterMetricFamily(
+                "olbproxy_upstream_errors",
+                "Backend failures by kind: connect, reset, busy, timeout, idle_timeout, "
+                "stream_broken, other.",
+                labels=("backend", "kind"),
+            ),
+            "auth_failures": CounterMetricFamily(
+                "olbproxy_auth_failures",
+                "Refused credentials by reason.",
+                labels=("reason",),
+            ),
+            "backlog": GaugeMetricFamily(
+                "olbproxy_persistence_backlog",
+                "Exchange records not yet in MongoDB, by stage (queue: in memory, "
+                "spool: on disk waiting for replay).",
+                labels=("stage",),
+            ),
+        }

@@ -1,0 +1,300 @@
+"""The MongoDB store: pymongo's ``AsyncMongoClient``; the only module that imports pymongo.
+
+Collections in ``store.database`` (the seed's URI names it: ``.../gpt``):
+
+* ``users``: ``{_id, username, username_key, password_hash, role, groups, disabled,
+  created_at, last_login_at}``, unique index on ``username_key``. The index is partial
+  (only documents that have a ``username_key``) because the seed app's own users may
+  live in the same collection: ``{_id: ObjectId, username, password}``. Such a document
+  is invisible until ``olbproxy user import`` adopts it in place (same ``_id``; the seed's
+  ``password`` field is left alone so the old app keeps working).
+* ``api_keys``: ``{_id: key id, user_id, secret_hash, label, front_end, groups,
+  created_at, revoked_at}``.
+
+Server selection is bounded by ``store.timeout`` so an outage answers 503 in seconds
+instead of hanging a login for pymongo's default 30 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Collection, Iterator
+from datetime import datetime
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING, AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import ConfigurationError, ConnectionFailure, DuplicateKeyError
+
+from olbproxy.config import StoreSettings
+from olbproxy.errors import ConfigError, Conflict, Unavailable
+from olbproxy.store import ApiKey, Keys, SeedUser, User, UserChanges, Users
+
+log = logging.getLogger("olbproxy.store")
+
+Document = dict[str, Any]
+
+
+@contextlib.contextmanager
+def reachable() -> Iterator[None]:
+    """Turn "MongoDB did not answer" into the 503 every caller should give."""
+    try:
+        yield
+    except ConnectionFailure as exc:
+        log.warning("MongoDB is unreachable: %s", exc)
+        raise Unavailable(
+            "the user database (MongoDB) is unreachable; try again shortly", retry_after=5
+        ) from exc
+
+
+def client(uri: str, timeout: float) -> AsyncMongoClient[Document]:
+    ms = int(timeout * 1000)
+    try:
+        return AsyncMongoClient(
+            uri,
+            serverSelectionTimeoutMS=ms,
+            connectTimeoutMS=ms,
+            tz_aware=True,
+            appname="olbproxy",
+        )
+    except ConfigurationError as exc:
+        raise ConfigError(f"store.mongodb_uri: {exc}") from None
+
+
+def _oid(user_id: str) -> ObjectId | str:
+    # Seed users keep their ObjectId; ours are 24 hex digits too, stored the same way.
+    return ObjectId(user_id) if ObjectId.is_valid(user_id) else user_id
+
+
+def _groups(value: Any) -> frozenset[str] | None:
+    return None if value is None else frozenset(str(g) for g in value)
+
+
+def _user(doc: Document) -> User:
+    return User(
+        id=str(doc["_id"]),
+        username=doc["username"],
+        username_key=doc["username_key"],
+        password_hash=doc.get("password_hash", ""),
+        role="admin" if doc.get("role") == "admin" else "user",
+        groups=_groups(doc.get("groups")),
+        disabled=bool(doc.get("disabled", False)),
+        created_at=doc.get("created_at"),
+        last_login_at=doc.get("last_login_at"),
+    )
+
+
+def _user_fields(user: User) -> Document:
+    return {
+        "username": user.username,
+        "username_key": user.username_key,
+        "password_hash": user.password_hash,
+        "role": user.role,
+        "groups": None if user.groups is None else sorted(user.groups),
+        "disabled": user.disabled,
+        "created_at": user.created_at,
+        "last_login_at": user.last_login_at,
+    }
+
+
+def _key(doc: Document) -> ApiKey:
+    return ApiKey(
+        id=doc["_id"],
+        user_id=doc["user_id"],
+        secret_hash=doc["secret_hash"],
+        label=doc.get("label", ""),
+        front_end=bool(doc.get("front_end", False)),
+        groups=_groups(doc.get("groups")),
+        created_at=doc.get("created_at"),
+        revoked_at=doc.get("revoked_at"),
+    )
+
+
+# Users are read by name or id; the password hash is needed only by login.
+_OURS = {"username_key": {"$type": "string"}}
+
+
+class MongoUsers:
+    def __init__(self, collection: AsyncCollection[Document]) -> None:
+        self.collection = collection
+        self.indexed = False
+
+    async def ensure_indexes(self) -> None:
+        with reachable():
+            await self.collection.create_index(
+                [("username_key", ASCENDING)],
+                unique=True,
+                partialFilterExpression=_OURS,
+                name="username_key_unique",
+            )
+        self.indexed = True
+
+    async def add(self, user: User) -> None:
+        if not self.indexed:  # uniqueness rests on the index: never insert without it
+            await self.ensure_indexes()
+        doc = {"_id": _oid(user.id), **_user_fields(user)}
+        with reachable():
+            try:
+                await self.collection.insert_one(doc)
+                return
+            except DuplicateKeyError as exc:
+                if "_id" not in (exc.details or {}).get("keyPattern", {}):
+                    raise Conflict(f"username '{user.username}' is taken") from None
+            # The id is taken: a seed user being imported in place is completed, once.
+            result = await self.collection.update_one(
+                {"_id": doc["_id"], "username_key": {"$exists": False}},
+                {"$set": _user_fields(user)},
+            )
+        if result.matched_count == 0:
+            raise Conflict(f"a user with id {user.id} exists already")
+
+    async def get(self, user_id: str) -> User | None:
+        with reachable():
+            doc = await self.collection.find_one({"_id": _oid(user_id), **_OURS})
+        return None if doc is None else _user(doc)
+
+    async def find(self, username_key: str) -> User | None:
+        with reachable():
+            doc = await self.collection.find_one({"username_key": username_key})
+        return None if doc is None else _user(doc)
+
+    async def get_many(self, user_ids: Collection[str]) -> list[User]:
+        if not user_ids:
+            return []
+        with reachable():
+            cursor = self.collection.find({"_id": {"$in": [_oid(i) for i in user_ids]}, **_OURS})
+            return [_user(doc) async for doc in cursor]
+
+    async def list(self) -> list[User]:
+        with reachable():
+            cursor = self.collection.find(_OURS).sort("username_key", ASCENDING)
+            return [_user(doc) async for doc in cursor]
+
+    async def update(self, user_id: str, changes: UserChanges) -> bool:
+        fields: Document = dict(changes)
+        if "groups" in fields and fields["groups"] is not None:
+            fields["groups"] = sorted(fields["groups"])
+        with reachable():
+            result = await self.collection.update_one(
+                {"_id": _oid(user_id), **_OURS}, {"$set": fields}
+            )
+        return result.matched_count > 0
+
+
+class MongoKeys:
+    def __init__(self, collection: AsyncCollection[Document]) -> None:
+        self.collection = collection
+
+    async def ensure_indexes(self) -> None:
+        with reachable():
+            await self.collection.create_index([("user_id", ASCENDING)], name="user_id")
+
+    async def add(self, key: ApiKey) -> None:
+        doc = {
+            "_id": key.id,
+            "user_id": key.user_id,
+            "secret_hash": key.secret_hash,
+            "label": key.label,
+            "front_end": key.front_end,
+            "groups": None if key.groups is None else sorted(key.groups),
+            "created_at": key.created_at,
+            "revoked_at": key.revoked_at,
+        }
+        with reachable():
+            try:
+                await self.collection.insert_one(doc)
+            except DuplicateKeyError:
+                raise Conflict(f"an API key with id {key.id} exists already") from None
+
+    async def get(self, key_id: str) -> ApiKey | None:
+        with reachable():
+            doc = await self.collection.find_one({"_id": key_id})
+        return None if doc is None else _key(doc)
+
+    async def get_many(self, key_ids: Collection[str]) -> list[ApiKey]:
+        if not key_ids:
+            return []
+        with reachable():
+            return [_key(doc) async for doc in self.collection.find({"_id": {"$in": [*key_ids]}})]
+
+    async def list(self, user_id: str | None = None) -> list[ApiKey]:
+        query = {} if user_id is None else {"user_id": user_id}
+        with reachable():
+            cursor = self.collection.find(query).sort([("created_at", ASCENDING), ("_id", 1)])
+            return [_key(doc) async for doc in cursor]
+
+    async def revoke(self, key_id: str, at: datetime) -> bool:
+        with reachable():
+            result = await self.collection.update_one(
+                {"_id": key_id, "revoked_at": None}, {"$set": {"revoked_at": at}}
+            )
+        return result.modified_count > 0
+
+
+class MongoStore:
+    """Users and API keys in MongoDB; one client (connection pool) for the process."""
+
+    def __init__(self, settings: StoreSettings) -> None:
+        assert settings.mongodb_uri, "open_store checks this"
+        self.client = client(settings.mongodb_uri, settings.timeout)
+        db = self.client[settings.database]
+        self._users = MongoUsers(db["users"])
+        self._keys = MongoKeys(db["api_keys"])
+
+    @property
+    def users(self) -> Users:
+        return self._users
+
+    @property
+    def keys(self) -> Keys:
+        return self._keys
+
+    async def start(self) -> None:
+        try:
+            await self._users.ensure_indexes()
+            await self._keys.ensure_indexes()
+        except Unavailable:
+            # Serve anyway: cached identities keep working, and the users index is
+            # created before the first insert (MongoUsers.add) once MongoDB answers.
+            log.warning("MongoDB did not answer at start; indexes will be created later")
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+async def read_seed_users(
+    uri: str,
+    database: str,
+    collection: str,
+    *,
+    username_field: str = "username",
+    password_field: str = "password",
+    seconds: float = 5.0,
+) -> list[SeedUser]:
+    """The seed app's users (bcryptjs hashes kept as they are), for ``olbproxy user import``.
+
+    Documents this store has already adopted (they carry ``username_key``) are skipped,
+    so importing from the store's own ``users`` collection is safe to repeat.
+    """
+    seed = client(uri, seconds)
+    try:
+        with reachable():
+            cursor = seed[database][collection].find({"username_key": {"$exists": False}})
+            docs = [doc async for doc in cursor]
+    finally:
+        await seed.close()
+    users = []
+    for doc in docs:
+        name, secret = doc.get(username_field), doc.get(password_field)
+        if not isinstance(name, str) or not isinstance(secret, str):
+            log.warning(
+                "seed user %s: no %s or %s; skipped", doc["_id"], username_field, password_field
+            )
+            continue
+        created = doc.get("createdAt", doc.get("created_at"))
+        if not isinstance(created, datetime) and isinstance(doc["_id"], ObjectId):
+            created = doc["_id"].generation_time  # an ObjectId holds its creation time
+        users.append(SeedUser(str(doc["_id"]), name, secret, created))
+    return users

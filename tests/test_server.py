@@ -1,0 +1,146 @@
+"""`olbproxy serve` as a process: graceful shutdown on SIGTERM, routing reload on SIGHUP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import StartSims
+from mongo import free_port
+
+CHAT = {"model": "gpt-oss:20b", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def write_config(path: Path, port: int, endpoints: list[str], **group: object) -> None:
+    extra = "".join(f"    {k}: {v}\n" for k, v in group.items())
+    path.write_text(
+        f"""
+listen: 127.0.0.1:{port}
+shutdown_deadline: 20
+health: {{interval: 0.5}}
+auth: {{enabled: false}}
+store: {{backend: memory}}
+groups:
+  - name: 20b
+    models: ["gpt-oss:20b"]
+    endpoints: {json.dumps(endpoints)}
+{extra}""",
+        encoding="utf-8",
+    )
+
+
+class Served:
+    def __init__(self, process: asyncio.subprocess.Process, url: str) -> None:
+        self.process = process
+        self.url = url
+
+
+@pytest.fixture
+async def serve(tmp_path: Path) -> AsyncIterator[object]:
+    started: list[asyncio.subprocess.Process] = []
+
+    async def start(config: Path, port: int) -> Served:
+        env = {k: v for k, v in os.environ.items() if k not in ("OLLAMA_ENDPOINTS", "JWT_SECRET")}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "olbproxy",
+            "serve",
+            "--config",
+            str(config),
+            env=env,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        started.append(process)
+        assert process.stderr is not None
+        while b"olbproxy listening on" not in (
+            line := await asyncio.wait_for(process.stderr.readline(), 20)
+        ):
+            assert line, "olbproxy serve exited before listening"
+        # Keep draining stderr so the process never blocks on a full pipe.
+        asyncio.get_running_loop().create_task(process.stderr.read())
+        return Served(process, f"http://127.0.0.1:{port}")
+
+    yield start
+    for process in started:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def read_stream(http: aiohttp.ClientSession, url: str) -> list[dict[str, object]]:
+    async with http.post(url + "/api/chat", json=CHAT) as resp:
+        assert resp.status == 200
+        return [json.loads(line) for line in (await resp.read()).splitlines()]
+
+
+async def test_sigterm_lets_50_active_streams_finish_and_exits_zero(
+    start_sims: StartSims, serve: object, tmp_path: Path
+) -> None:
+    sims = await start_sims(2, tokens_per_second=20, answer_tokens=30)  # 1.5 s answers
+    port = free_port()
+    config = tmp_path / "olbproxy.yaml"
+    write_config(config, port, [s.url for s in sims], slots=25)
+    served: Served = await serve(config, port)  # type: ignore[operator]
+    async with aiohttp.ClientSession() as http:
+        streams = [asyncio.create_task(read_stream(http, served.url)) for _ in range(50)]
+        await sims[0].wait_until(lambda: sum(s.stats.active for s in sims) == 50, timeout=10)
+        served.process.send_signal(signal.SIGTERM)
+        results = await asyncio.gather(*streams)
+        # New connections are refused once shutdown has begun.
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await read_stream(http, served.url)
+    assert all(lines[-1].get("done") is True for lines in results)
+    assert await asyncio.wait_for(served.process.wait(), 20) == 0
+    assert sum(s.stats.completed for s in sims) == 50
+
+
+async def test_sighup_reloads_routing_without_dropping_streams(
+    start_sims: StartSims, serve: object, tmp_path: Path
+) -> None:
+    old, new = await start_sims(2, tokens_per_second=20, answer_tokens=30)
+    port = free_port()
+    config = tmp_path / "olbproxy.yaml"
+    write_config(config, port, [old.url])
+    served: Served = await serve(config, port)  # type: ignore[operator]
+    async with aiohttp.ClientSession() as http:
+        running = asyncio.create_task(read_stream(http, served.url))
+        await old.wait_until(lambda: old.stats.active == 1)
+        write_config(config, port, [new.url])
+        served.process.send_signal(signal.SIGHUP)
+        # Poll until the new table routes new requests to the new backend.
+        for _ in range(100):
+            lines = await read_stream(http, served.url)
+            if str(lines[0]["message"]).find("[sim2]") >= 0:  # type: ignore[index]
+                break
+        else:
+            pytest.fail("the reloaded routing table never took effect")
+        first = await running
+    assert first[-1].get("done") is True
+    assert old.stats.completed >= 1 and old.stats.cancelled == 0
+    served.process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(served.process.wait(), 20) == 0
+
+
+async def test_serve_with_a_bad_config_names_the_key_and_exits_non_zero(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("groups: [{name: a, models: [x], endpoints: [nope]}]\n", encoding="utf-8")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "olbproxy",
+        "serve",
+        "--config",
+        str(config),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await process.communicate()
+    assert process.returncode == 2
+    assert b"groups[0].endpoints[0]" in err and str(config).encode() in err

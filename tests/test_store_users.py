@@ -1,0 +1,144 @@
+"""The store's users and API keys: the memory and MongoDB stores keep the same contract."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from identity import store_settings
+from mongo import MongoServer
+
+from olbproxy.config import Settings
+from olbproxy.errors import Conflict, Unavailable
+from olbproxy.store import ApiKey, Store, User, new_id, open_store
+
+
+def moment() -> datetime:
+    # MongoDB keeps milliseconds: compare at that precision.
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def user(name: str, **kw: object) -> User:
+    return User(
+        id=new_id(),
+        username=name,
+        username_key=name.lower(),
+        password_hash="sha256+$2b$04$x",
+        created_at=moment(),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(params=["memory", "mongodb"])
+def store_uri(request: pytest.FixtureRequest) -> str | None:
+    # Sync, so that the session's MongoDB server starts outside the event loop.
+    return request.getfixturevalue("mongo_uri") if request.param == "mongodb" else None
+
+
+@pytest.fixture
+async def store(store_uri: str | None) -> AsyncIterator[Store]:
+    opened = open_store(Settings(store=store_settings(store_uri)))
+    await opened.start()
+    yield opened
+    await opened.close()
+
+
+async def test_users_round_trip(store: Store) -> None:
+    kim = user("Kim", groups=frozenset({"20b"}))
+    await store.users.add(kim)
+    assert await store.users.get(kim.id) == kim
+    assert await store.users.find("kim") == kim
+    assert await store.users.find("lee") is None
+    assert await store.users.get(new_id()) is None
+
+
+async def test_a_taken_username_is_a_conflict(store: Store) -> None:
+    await store.users.add(user("Kim"))
+    with pytest.raises(Conflict, match="username 'KIM' is taken"):
+        await store.users.add(user("KIM"))
+    assert [u.username for u in await store.users.list()] == ["Kim"]
+
+
+async def test_updates_apply_and_unknown_ids_say_so(store: Store) -> None:
+    kim = user("Kim")
+    await store.users.add(kim)
+    seen = moment()
+    changes = {"disabled": True, "groups": frozenset({"120b"}), "role": "admin"}
+    assert await store.users.update(kim.id, {**changes, "last_login_at": seen})  # type: ignore[typeddict-item]
+    got = await store.users.get(kim.id)
+    assert got is not None
+    assert (got.disabled, got.groups, got.role, got.last_login_at) == (
+        True,
+        frozenset({"120b"}),
+        "admin",
+        seen,
+    )
+    assert await store.users.update(kim.id, {"groups": None})
+    assert (await store.users.get(kim.id)).groups is None  # type: ignore[union-attr]
+    assert not await store.users.update(new_id(), {"disabled": True})
+
+
+async def test_get_many_and_list(store: Store) -> None:
+    names = ["Lee", "Kim", "Park"]
+    users = [user(n) for n in names]
+    for u in users:
+        await store.users.add(u)
+    got = await store.users.get_many([users[0].id, users[2].id, new_id()])
+    assert sorted(u.username for u in got) == ["Lee", "Park"]
+    assert await store.users.get_many([]) == []
+    assert [u.username for u in await store.users.list()] == ["Kim", "Lee", "Park"]
+
+
+async def test_keys_add_list_and_revoke_once(store: Store) -> None:
+    kim, lee = user("Kim"), user("Lee")
+    keys = [
+        ApiKey(
+            id="a1b2c3d4e5f6",
+            user_id=kim.id,
+            secret_hash="h1",
+            label="owui",
+            front_end=True,
+            groups=frozenset({"20b"}),
+            created_at=moment(),
+        ),
+        ApiKey(id="0123456789ab", user_id=lee.id, secret_hash="h2", created_at=moment()),
+    ]
+    for key in keys:
+        await store.keys.add(key)
+    with pytest.raises(Conflict):
+        await store.keys.add(keys[0])
+    assert await store.keys.get("a1b2c3d4e5f6") == keys[0]
+    assert await store.keys.list(kim.id) == [keys[0]]
+    assert {k.id for k in await store.keys.list()} == {k.id for k in keys}
+    assert [k.id for k in await store.keys.get_many(["0123456789ab", "ffffffffffff"])] == [
+        "0123456789ab"
+    ]
+    at = moment()
+    assert await store.keys.revoke("a1b2c3d4e5f6", at)
+    assert not await store.keys.revoke("a1b2c3d4e5f6", at)  # once
+    assert not await store.keys.revoke("ffffffffffff", at)
+    revoked = await store.keys.get("a1b2c3d4e5f6")
+    assert revoked is not None
+    assert revoked.revoked_at == at
+
+
+async def test_an_unreachable_mongodb_is_a_quick_503(own_mongo: MongoServer) -> None:
+    store = open_store(
+        Settings(store=store_settings(own_mongo.uri.replace("/?", "/outage?"), timeout=0.5))
+    )
+    await store.start()
+    await store.users.add(user("Kim"))
+    await own_mongo.stop()
+    started = time.monotonic()
+    with pytest.raises(Unavailable) as raised:
+        await store.users.find("kim")
+    assert time.monotonic() - started < 5
+    assert raised.value.status == 503
+    assert "MongoDB" in raised.value.message
+    await own_mongo.start()
+    # pymongo leaks a socket if it is closed while reconnecting to a dead server.
+    assert await store.users.find("kim") is not None
+    await store.close()
