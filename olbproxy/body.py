@@ -36,8 +36,11 @@ async def read_json(
     if request.content_length is not None and request.content_length > limit:
         raise too_large(request.content_length, limit)
     try:
-        async with asyncio.timeout(seconds):
+        if request.content.is_eof():  # all of it came with the headers: nothing to wait for
             raw = await request.read()
+        else:
+            async with asyncio.timeout(seconds):
+                raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise too_large(None, limit) from None
     except TimeoutError:

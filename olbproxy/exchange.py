@@ -10,8 +10,8 @@ single JSON document alike.
 from __future__ import annotations
 
 import json
+import random
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,9 +30,12 @@ COUNTER_FIELDS = (
 
 
 def new_id() -> str:
-    # Time-ordered (uuid7-like) so records sort by creation and ids stay idempotent keys.
-    t = time.time_ns() // 1_000_000
-    return f"{t:012x}{uuid.uuid4().hex[12:]}"
+    # Time-ordered (like uuid7) so records sort by creation; 80 random bits make a
+    # collision within one millisecond negligible. Cheaper than uuid4 on every request.
+    return f"{time.time_ns() // 1_000_000:012x}{_random.getrandbits(80):020x}"
+
+
+_random = random.Random()
 
 
 @dataclass(slots=True, eq=False)
@@ -61,7 +64,6 @@ class Exchange:
     background: bool = False
     # Read once from the final chunk after the stream ends (``final_counters``).
     counters: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def ttft(self) -> float | None:

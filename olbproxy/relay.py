@@ -20,7 +20,7 @@ import contextlib
 import json as jsonlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -104,18 +104,14 @@ class Watchdog:
         self._streams: dict[aiohttp.ClientResponse, list[float]] = {}
         self.timed_out: set[aiohttp.ClientResponse] = set()
 
-    @contextlib.contextmanager
-    def watch(self, upstream: aiohttp.ClientResponse, idle: float | None) -> Iterator[None]:
-        if idle is None:
-            yield
-            return
-        # [idle limit, bytes seen at the last tick, time bytes last moved]
-        self._streams[upstream] = [idle, float(upstream.content.total_bytes), time.monotonic()]
-        try:
-            yield
-        finally:
-            self._streams.pop(upstream, None)
-            self.timed_out.discard(upstream)
+    def watch(self, upstream: aiohttp.ClientResponse, idle: float | None) -> None:
+        if idle is not None:
+            # [idle limit, bytes seen at the last tick, time bytes last moved]
+            self._streams[upstream] = [idle, float(upstream.content.total_bytes), time.monotonic()]
+
+    def forget(self, upstream: aiohttp.ClientResponse) -> None:
+        self._streams.pop(upstream, None)
+        self.timed_out.discard(upstream)
 
     def check(self, now: float) -> None:
         for upstream, state in list(self._streams.items()):
@@ -249,24 +245,7 @@ class Relay:
         deadlines: Deadlines,
         path: str | None,
     ) -> web.StreamResponse:
-        headers = upstream_headers(request, backend, streamed=not isinstance(body, bytes | None))
-        url = backend.url + (path or request.raw_path)
-        # Ollama sends its headers with the first token (or, for stream:false, with the
-        # whole answer), so waiting for headers is waiting for the first byte.
-        async with self._translate(backend), asyncio.timeout(deadlines.first_byte):
-            upstream = await self.session.request(
-                request.method,
-                url,
-                data=body,
-                headers=headers,
-                allow_redirects=False,
-                auto_decompress=False,
-            )
-            if upstream.status == 503:
-                # Ollama's only 503 is its full load queue: safe to try elsewhere.
-                text = (await upstream.read()).decode(errors="replace")[:300]
-                upstream.release()
-                raise _Retry(f"busy (503): {text.strip()}", kind="busy", busy=True)
+        upstream = await self._open(request, backend, body, deadlines, path)
         exchange.status = upstream.status
         if upstream.status >= 500:
             self._failed(backend, f"answered {upstream.status}")
@@ -291,22 +270,23 @@ class Relay:
                 response.headers[name] = value  # same framing as the backend's
                 fixed_length = True
         completed = False
+        watchdog = self.watchdog
+        watchdog.watch(upstream, deadlines.idle)
         try:
-            with self.watchdog.watch(upstream, deadlines.idle):
-                try:
-                    await self._copy(request, response, exchange, upstream, deadlines)
-                    completed = True
-                except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-                    if isinstance(exc, ConnectionResetError) and response.prepared:
-                        raise  # our client went away (aiohttp's ClientConnectionResetError)
-                    if upstream in self.watchdog.timed_out:
-                        idle = deadlines.idle or 0
-                        raise _StreamBroken(
-                            f"backend sent nothing for {idle:g}s", kind="idle_timeout"
-                        ) from None
+            try:
+                await self._copy(request, response, exchange, upstream)
+                completed = True
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+                if isinstance(exc, ConnectionResetError) and response.prepared:
+                    raise  # our client went away (aiohttp's ClientConnectionResetError)
+                if upstream in watchdog.timed_out:
+                    idle = deadlines.idle or 0
                     raise _StreamBroken(
-                        f"backend connection lost: {exc}", kind="stream_broken"
+                        f"backend sent nothing for {idle:g}s", kind="idle_timeout"
                     ) from None
+                raise _StreamBroken(
+                    f"backend connection lost: {exc}", kind="stream_broken"
+                ) from None
         except _StreamBroken as broken:
             exchange.outcome, exchange.error = "error", str(broken)
             self.errors[exchange.backend or "", broken.kind] += 1
@@ -315,6 +295,7 @@ class Relay:
             exchange.outcome = "cancelled"
             raise
         finally:
+            watchdog.forget(upstream)
             exchange.ended = time.monotonic()
             if completed:
                 upstream.release()
@@ -330,7 +311,6 @@ class Relay:
         response: web.StreamResponse,
         exchange: Exchange,
         upstream: aiohttp.ClientResponse,
-        deadlines: Deadlines,
     ) -> None:
         read = upstream.content.readany
         chunk = await read()
@@ -367,11 +347,34 @@ class Relay:
             await response.write(stream_error_line(message, sse=exchange.sse))
             await response.write_eof()
 
-    @contextlib.asynccontextmanager
-    async def _translate(self, backend: Backend) -> AsyncIterator[None]:
-        """The one place where aiohttp client errors become olbproxy errors."""
+    async def _open(
+        self,
+        request: web.Request,
+        backend: Backend,
+        body: bytes | aiohttp.StreamReader | None,
+        deadlines: Deadlines,
+        path: str | None,
+    ) -> aiohttp.ClientResponse:
+        """Send the request and wait for the answer's headers; the one place where aiohttp
+        client errors before the first byte become olbproxy errors (or a retry)."""
+        headers = upstream_headers(request, backend, streamed=not isinstance(body, bytes | None))
         try:
-            yield
+            # Ollama sends its headers with the first token (or, for stream:false, with
+            # the whole answer), so waiting for headers is waiting for the first byte.
+            async with asyncio.timeout(deadlines.first_byte):
+                upstream = await self.session.request(
+                    request.method,
+                    backend.url + (path or request.raw_path),
+                    data=body,
+                    headers=headers,
+                    allow_redirects=False,
+                    auto_decompress=False,
+                )
+                if upstream.status == 503:
+                    # Ollama's only 503 is its full load queue: safe to try elsewhere.
+                    text = (await upstream.read()).decode(errors="replace")[:300]
+                    upstream.release()
+                    raise _Retry(f"busy (503): {text.strip()}", kind="busy", busy=True)
         except TimeoutError:
             self._failed(backend, "timed out")
             self.errors[backend.label, "timeout"] += 1
@@ -385,6 +388,7 @@ class Relay:
         except aiohttp.ClientError as exc:
             self.errors[backend.label, "other"] += 1
             raise UpstreamError(f"backend {backend.label} failed: {exc}") from None
+        return upstream
 
 
 def upstream_headers(request: web.Request, backend: Backend, *, streamed: bool) -> CIMultiDict[str]:
