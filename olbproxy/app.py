@@ -26,7 +26,9 @@ from olbproxy.health import HealthChecker
 from olbproxy.management import ModelManagement
 from olbproxy.metrics import Metrics
 from olbproxy.pool import Backend, Pool
+from olbproxy.recorder import Recorder
 from olbproxy.relay import Relay, Watchdog
+from olbproxy.rooms import RoomsApi
 from olbproxy.routing import Router
 from olbproxy.status import Status
 from olbproxy.store import Store, open_store
@@ -45,6 +47,7 @@ METRICS = web.AppKey("METRICS", Metrics)
 STATUS = web.AppKey("STATUS", Status)
 STORE: web.AppKey[Store] = web.AppKey("STORE")
 AUTHENTICATOR = web.AppKey("AUTHENTICATOR", Authenticator)
+RECORDER = web.AppKey("RECORDER", Recorder)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -209,10 +212,25 @@ async def create_app(settings: Settings) -> web.Application:
         app.cleanup_ctx.append(authenticator.lifetime)
 
     # -- persistence (recorder, rooms API) -------------------------------------------
+    # Chat and generate exchanges are recorded off the request path; only a named room
+    # is checked before the backend sees the request. The recorder's lifetime comes
+    # after the store's, so on shutdown it writes (or spools) its queue before the store
+    # closes.
+    recorder = Recorder(settings.store, store)
+    app[RECORDER] = recorder
+    api.observers.append(recorder.observe)
+    rooms = RoomsApi(store, recorder)
+    api.preflight.append(rooms.preflight)
+    app.router.add_routes(rooms.routes())
+    app.cleanup_ctx.append(recorder.lifetime)
 
     # -- metrics and status ------------------------------------------------------------
     metrics = Metrics(
-        settings.metrics, pool, relay.errors, auth_failures=lambda: authenticator.failures
+        settings.metrics,
+        pool,
+        relay.errors,
+        auth_failures=lambda: authenticator.failures,
+        backlog=recorder.backlog,
     )
     app[METRICS] = metrics
     if settings.metrics.enabled:
@@ -221,7 +239,7 @@ async def create_app(settings: Settings) -> web.Application:
         authenticator.allow_anonymous(path)
     app.router.add_routes(metrics.routes())
     app.cleanup_ctx.append(metrics.listener)
-    status = Status(pool, catalog, relay.errors)
+    status = Status(pool, catalog, relay.errors, backlog=recorder.backlog)
     app[STATUS] = status
     app.router.add_routes(status.routes())
 

@@ -100,9 +100,13 @@ class StoreSettings:
     backend: Literal["mongodb", "memory"] = "mongodb"
     # Seconds to wait for MongoDB before answering 503 (server selection, connect).
     timeout: float = 3.0
+    # Records wait here (fsync'd) while MongoDB cannot take them; relative to the
+    # working directory. Replayed in order once MongoDB answers, also after a restart.
     spool_dir: str = "var/spool"
+    # Finished exchanges waiting in memory for the writer; beyond this, to the spool.
     queue_size: int = 10_000
     batch_size: int = 200
+    # False: no message text and no titles, only metadata, counters and history hashes.
     store_content: bool = True
 
 
@@ -410,6 +414,12 @@ def validate(settings: Settings) -> Settings:
             raise ConfigError(f"{src}: auth.{name}: must be a positive number of seconds")
     if settings.store.timeout <= 0:
         raise ConfigError(f"{src}: store.timeout: must be a positive number of seconds")
+    if settings.store.batch_size < 1:
+        raise ConfigError(f"{src}: store.batch_size: must be at least 1")
+    if settings.store.queue_size < 0:
+        raise ConfigError(f"{src}: store.queue_size: must not be negative")
+    if not settings.store.spool_dir.strip():
+        raise ConfigError(f"{src}: store.spool_dir: must name a directory")
     if settings.max_body_bytes < 1024:
         raise ConfigError(f"{src}: max_body_bytes: must be at least 1024")
     if settings.metrics.listen:

@@ -1,9 +1,10 @@
 """``olbproxy demo``: the seed's two groups on simulated Ollama backends, and the proxy.
 
 For a machine with no Ollama and no MongoDB: five simulators stand in for the
-Mac Studio's instances, persistence is kept in memory, and a demo user is created
-whose API key and token the printed example commands carry. Authentication is on, as
-in ``serve``, with a random secret that dies with the process.
+Mac Studio's instances, persistence (users, keys and the recorded conversations) is
+kept in memory, and a demo user is created whose API key and token the printed
+example commands carry. Authentication is on, as in ``serve``, with a random secret
+that dies with the process.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ async def _main(host: str, port: int) -> None:
         lines = [
             "",
             "olbproxy demo is running (simulated Ollama backends, nothing is stored on disk)",
+            "Store: in memory, no MongoDB. Users, keys and conversations (rooms, messages)",
+            "are kept in this process and are gone when it stops.",
             *(f"  group {g.name:5} {g.models[0]:14} -> {', '.join(g.endpoints)}" for g in groups),
             "",
             f"Demo user {DEMO_USER!r} (admin), password {demo['password']}",
@@ -96,6 +99,7 @@ async def _main(host: str, port: int) -> None:
             f"  curl {bearer} {base}/api/chat -d "
             '\'{"model":"gpt-oss:20b","messages":[{"role":"user","content":"hello"}]}\'',
             f"  curl {bearer} {base}/api/tags",
+            f"  curl {bearer} {base}/api/rooms          # the conversations recorded so far",
             f"  curl {base}/api/tags          # 401: every API call needs a token or key",
             f"  curl {base}/api/auth/login -d "
             f'\'{{"username":"{DEMO_USER}","password":"{demo["password"]}"}}\'',

@@ -55,6 +55,13 @@ def make_settings(*groups: GroupSettings, **overrides: Any) -> Settings:
     return replace(base, **nested)
 
 
+@pytest.fixture(autouse=True)
+def _own_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Relative paths (the default ``store.spool_dir``, var/spool) land in the test's own
+    directory: a record one test spools must never be replayed by the next."""
+    monkeypatch.chdir(tmp_path)
+
+
 async def until(predicate: Callable[[], bool], within: float = 5.0) -> None:
     """Poll a condition on the proxy's own state (simulators have wait_until for theirs)."""
     async with asyncio.timeout(within):

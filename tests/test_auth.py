@@ -360,7 +360,9 @@ async def test_front_end_key_names_the_end_user(site: Site) -> None:
     # The exchange (fairness, metrics, persistence) carries the end user.
     exchanges: list[Any] = []
     site.proxy.app[API].observers.append(exchanges.append)
-    await call(site, "POST", "/api/chat", CHAT, owui_headers(key, **{"X-OpenWebUI-User-Id": "u2"}))
+    # Another end user has chats of their own (chat-42 is the first one's room now).
+    other = {"X-OpenWebUI-User-Id": "u2", "X-OpenWebUI-Chat-Id": "chat-43"}
+    await call(site, "POST", "/api/chat", CHAT, owui_headers(key, **other))
     assert (exchanges[-1].user, exchanges[-1].user_name) == ("owui:u2", "김민지")
 
 

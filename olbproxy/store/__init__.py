@@ -2,22 +2,26 @@
 
     Store                      the whole persistence layer, opened by ``open_store``
     ├── users: Users           accounts (username, password hash, role, groups)
-    └── keys: Keys             API keys (hashed; revocable)
+    ├── keys: Keys             API keys (hashed; revocable)
+    ├── rooms: Rooms           conversations, one per thread of turns (recorder.py, rooms.py)
+    └── messages: Messages     one per recorded exchange: a turn, a background task, a generate
 
 ``store/mongo.py`` (pymongo's ``AsyncMongoClient``; the only module that imports
 pymongo) is the real one; ``store/memory.py`` keeps everything in the process for
 ``olbproxy demo`` and for tests of routing alone. Both raise ``Conflict`` when a
-unique name is taken and ``Unavailable`` (503) when the database does not answer.
-Conversations (rooms, messages) join ``Store`` as further nouns.
+unique name is taken and ``Unavailable`` (503) when the database does not answer;
+the conversation nouns raise a plain ``ProxyError`` when the database answers but
+refuses a write, so the recorder can tell an outage from a record it must set aside.
+Writes of rooms and messages are idempotent: replaying a record changes nothing twice.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol, TypedDict
+from typing import Any, Literal, Protocol, TypedDict
 
 from olbproxy.config import Settings
 from olbproxy.errors import ConfigError
@@ -79,6 +83,75 @@ class SeedUser:
     created_at: datetime | None = None
 
 
+MessageKind = Literal["turn", "task", "generate"]
+MessageStatus = Literal["done", "cancelled", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """A conversation: consecutive turns of one user, titled from its first message."""
+
+    id: str
+    user_id: str
+    user_name: str = ""
+    title: str = ""
+    model: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    turns: int = 0
+
+
+class AnswerText(TypedDict):
+    content: str
+    thinking: str
+    tool_calls: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One recorded exchange: what was asked, what was answered, how it went."""
+
+    id: str  # the exchange id, given when the request started: replays insert nothing twice
+    user_id: str
+    kind: MessageKind
+    endpoint: str
+    status: MessageStatus
+    started_at: datetime
+    ended_at: datetime
+    room_id: str | None = None
+    seq: int | None = None  # position among the room's turns (None for background tasks)
+    user_name: str = ""
+    task: str | None = None  # the kind of background task (title, tags, follow_up, ...)
+    model: str | None = None
+    group: str | None = None
+    backend: str | None = None
+    input: str | None = None  # None when store.store_content is false
+    input_role: str | None = None
+    answer: AnswerText | None = None  # None when store.store_content is false
+    counters: dict[str, Any] | None = None
+    done_reason: str | None = None
+    ttft_ms: float | None = None
+    duration_ms: float | None = None
+    http_status: int | None = None
+    error: str | None = None
+    prefix_hash: str | None = None  # the history before the new input (conversation.py)
+    full_hash: str | None = None  # the history with the answer: what the next turn continues
+    truncated: tuple[str, ...] = ()  # fields cut to fit a MongoDB document
+
+
+@dataclass(frozen=True, slots=True)
+class RoomStep:
+    """A room's progress after a write: turns and updated_at only ever grow (``$max``)."""
+
+    room_id: str
+    turns: int
+    updated_at: datetime
+
+
+# Where a page ends: (updated_at, id) of the last room, or (started_at, id) of the last message.
+Mark = tuple[datetime, str]
+
+
 class Users(Protocol):
     async def add(self, user: User) -> None:
         """Insert; ``Conflict`` if the username_key (or the id) is taken."""
@@ -108,6 +181,45 @@ class Keys(Protocol):
         """Mark revoked; False if there is no such key or it was revoked already."""
 
 
+class Rooms(Protocol):
+    async def get(self, room_id: str) -> Room | None: ...
+
+    async def open(self, rooms: Sequence[Room]) -> None:
+        """Insert each room whose id is not taken yet; an existing room is left as it is."""
+
+    async def advance(self, steps: Sequence[RoomStep]) -> None:
+        """Raise each room's turns and updated_at to at least the step's values."""
+
+    async def list(self, user_id: str, *, limit: int, before: Mark | None = None) -> list[Room]:
+        """The user's rooms, newest first by (updated_at, id), strictly after ``before``."""
+
+    async def rename(self, room_id: str, title: str) -> Room | None: ...
+
+    async def delete(self, room_id: str) -> bool: ...
+
+
+class Messages(Protocol):
+    async def add(self, messages: Sequence[Message]) -> set[str]:
+        """Insert; the ids that were there already (left unchanged) are returned."""
+
+    async def get_many(self, ids: Collection[str]) -> list[Message]: ...
+
+    async def find_head(self, user_id: str, hashes: Sequence[str]) -> Message | None:
+        """The user's message in a room whose full_hash comes first in ``hashes``."""
+
+    async def list(
+        self,
+        room_id: str,
+        *,
+        limit: int,
+        after: Mark | None = None,
+        kinds: Collection[MessageKind] = ("turn", "generate"),
+    ) -> list[Message]:
+        """The room's messages, oldest first by (started_at, id), strictly after ``after``."""
+
+    async def delete_room(self, room_id: str) -> int: ...
+
+
 class Store(Protocol):
     @property
     def users(self) -> Users: ...
@@ -115,8 +227,17 @@ class Store(Protocol):
     @property
     def keys(self) -> Keys: ...
 
+    @property
+    def rooms(self) -> Rooms: ...
+
+    @property
+    def messages(self) -> Messages: ...
+
     async def start(self) -> None:
         """Prepare (indexes); a database that does not answer yet is logged, not fatal."""
+
+    async def ping(self) -> None:
+        """Return once the database answers; ``Unavailable`` when it does not."""
 
     async def close(self) -> None: ...
 

@@ -2,16 +2,31 @@
 
 Same contract as the MongoDB store (the store tests run against both), gone when the
 process ends. Records are frozen dataclasses, so handing them out needs no copies.
+A demo left running must not grow without end: beyond ``MESSAGES_KEPT`` messages the
+oldest are forgotten (their rooms stay, with fewer messages than turns).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection
-from datetime import datetime
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
 
 from olbproxy.errors import Conflict
-from olbproxy.store import ApiKey, Keys, User, UserChanges, Users
+from olbproxy.store import (
+    ApiKey,
+    Keys,
+    Mark,
+    Message,
+    MessageKind,
+    Messages,
+    Room,
+    Rooms,
+    RoomStep,
+    User,
+    UserChanges,
+    Users,
+)
 
 
 class MemoryUsers:
@@ -75,12 +90,113 @@ class MemoryKeys:
         return True
 
 
+_EPOCH = datetime.min.replace(tzinfo=UTC)
+MESSAGES_KEPT = 100_000
+
+
+class MemoryRooms:
+    def __init__(self) -> None:
+        self._by_id: dict[str, Room] = {}
+
+    async def get(self, room_id: str) -> Room | None:
+        return self._by_id.get(room_id)
+
+    async def open(self, rooms: Sequence[Room]) -> None:
+        for room in rooms:
+            self._by_id.setdefault(room.id, room)
+
+    async def advance(self, steps: Sequence[RoomStep]) -> None:
+        for step in steps:
+            room = self._by_id.get(step.room_id)
+            if room is None:
+                continue
+            updated = step.updated_at
+            if room.updated_at is not None and room.updated_at > updated:
+                updated = room.updated_at
+            turns = max(room.turns, step.turns)
+            self._by_id[room.id] = dataclasses.replace(room, turns=turns, updated_at=updated)
+
+    async def list(self, user_id: str, *, limit: int, before: Mark | None = None) -> list[Room]:
+        rooms = [r for r in self._by_id.values() if r.user_id == user_id]
+        rooms.sort(key=_room_mark, reverse=True)
+        if before is not None:
+            rooms = [r for r in rooms if _room_mark(r) < before]
+        return rooms[:limit]
+
+    async def rename(self, room_id: str, title: str) -> Room | None:
+        room = self._by_id.get(room_id)
+        if room is None:
+            return None
+        self._by_id[room_id] = room = dataclasses.replace(room, title=title)
+        return room
+
+    async def delete(self, room_id: str) -> bool:
+        return self._by_id.pop(room_id, None) is not None
+
+
+def _room_mark(room: Room) -> Mark:
+    return (room.updated_at or _EPOCH, room.id)
+
+
+class MemoryMessages:
+    def __init__(self) -> None:
+        self._by_id: dict[str, Message] = {}
+
+    async def add(self, messages: Sequence[Message]) -> set[str]:
+        existing = set()
+        for message in messages:
+            if message.id in self._by_id:
+                existing.add(message.id)
+            else:
+                self._by_id[message.id] = message
+        while len(self._by_id) > MESSAGES_KEPT:
+            del self._by_id[next(iter(self._by_id))]  # dicts keep insertion order
+        return existing
+
+    async def get_many(self, ids: Collection[str]) -> list[Message]:
+        return [m for i in ids if (m := self._by_id.get(i)) is not None]
+
+    async def find_head(self, user_id: str, hashes: Sequence[str]) -> Message | None:
+        found = {
+            m.full_hash: m
+            for m in sorted(self._by_id.values(), key=_message_mark)
+            if m.user_id == user_id and m.room_id is not None and m.full_hash in hashes
+        }
+        return next((found[h] for h in hashes if h in found), None)
+
+    async def list(
+        self,
+        room_id: str,
+        *,
+        limit: int,
+        after: Mark | None = None,
+        kinds: Collection[MessageKind] = ("turn", "generate"),
+    ) -> list[Message]:
+        messages = [m for m in self._by_id.values() if m.room_id == room_id and m.kind in kinds]
+        messages.sort(key=_message_mark)
+        if after is not None:
+            messages = [m for m in messages if _message_mark(m) > after]
+        return messages[:limit]
+
+    async def delete_room(self, room_id: str) -> int:
+        doomed = [i for i, m in self._by_id.items() if m.room_id == room_id]
+        for message_id in doomed:
+            del self._by_id[message_id]
+        return len(doomed)
+
+
+def _message_mark(message: Message) -> Mark:
+    return (message.started_at, message.id)
+
+
 class MemoryStore:
     """Everything in dictionaries; nothing to start or close."""
 
     def __init__(self) -> None:
         self._users = MemoryUsers()
         self._keys = MemoryKeys()
+        self._rooms = MemoryRooms()
+        self._messages = MemoryMessages()
 
     @property
     def users(self) -> Users:
@@ -90,7 +206,18 @@ class MemoryStore:
     def keys(self) -> Keys:
         return self._keys
 
+    @property
+    def rooms(self) -> Rooms:
+        return self._rooms
+
+    @property
+    def messages(self) -> Messages:
+        return self._messages
+
     async def start(self) -> None:
+        pass
+
+    async def ping(self) -> None:
         pass
 
     async def close(self) -> None:
