@@ -48,6 +48,11 @@ MODEL_ENDPOINTS = (
 )
 
 
+# Token streams whose end Ollama marks in the answer itself (done:true, [DONE]), which is
+# what a spliced stream needs to tell a finished answer from a dead backend (splice.py).
+SPLICED = frozenset({"/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions"})
+
+
 def principal_of(request: web.Request) -> Principal:
     principal: Principal = request.get(PRINCIPAL, OPEN)
     return principal
@@ -166,6 +171,7 @@ class OllamaApi:
             user_name=principal.name,
             stream=stream,
             sse=openai and stream,
+            splice=stream and endpoint in SPLICED,
             body=data,
         )
         request[EXCHANGE] = exchange

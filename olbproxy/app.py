@@ -27,12 +27,14 @@ from olbproxy.management import ModelManagement
 from olbproxy.metrics import Metrics
 from olbproxy.pool import Backend, Pool
 from olbproxy.recorder import Recorder
-from olbproxy.relay import Relay, Watchdog
+from olbproxy.relay import Relay
 from olbproxy.rooms import RoomsApi
 from olbproxy.routing import Router
+from olbproxy.splice import SpliceRequest
 from olbproxy.status import Status
 from olbproxy.store import Store, open_store
 from olbproxy.warmup import Warmup
+from olbproxy.watchdog import Watchdog
 
 log = logging.getLogger("olbproxy.app")
 
@@ -166,6 +168,7 @@ async def create_app(settings: Settings) -> web.Application:
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout),
         auto_decompress=False,
+        request_class=SpliceRequest,
         # Forward the client's headers as they are; add none of aiohttp's own.
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
     )

@@ -36,6 +36,8 @@ from olbproxy.errors import (
 )
 from olbproxy.exchange import Exchange
 from olbproxy.pool import Backend
+from olbproxy.splice import SPLICE_HEADER, Splice, complete
+from olbproxy.watchdog import Watchdog
 
 log = logging.getLogger("olbproxy.relay")
 
@@ -94,39 +96,6 @@ class _StreamBroken(Exception):
     def __init__(self, message: str, *, kind: str) -> None:
         super().__init__(message)
         self.kind = kind
-
-
-class Watchdog:
-    """Closes streams whose backend has gone silent for longer than their idle timeout."""
-
-    def __init__(self, tick: float = 1.0) -> None:
-        self.tick = tick
-        self._streams: dict[aiohttp.ClientResponse, list[float]] = {}
-        self.timed_out: set[aiohttp.ClientResponse] = set()
-
-    def watch(self, upstream: aiohttp.ClientResponse, idle: float | None) -> None:
-        if idle is not None:
-            # [idle limit, bytes seen at the last tick, time bytes last moved]
-            self._streams[upstream] = [idle, float(upstream.content.total_bytes), time.monotonic()]
-
-    def forget(self, upstream: aiohttp.ClientResponse) -> None:
-        self._streams.pop(upstream, None)
-        self.timed_out.discard(upstream)
-
-    def check(self, now: float) -> None:
-        for upstream, state in list(self._streams.items()):
-            seen = float(upstream.content.total_bytes)
-            if seen != state[1]:
-                state[1], state[2] = seen, now
-            elif now - state[2] >= state[0]:
-                self.timed_out.add(upstream)
-                del self._streams[upstream]
-                upstream.close()
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.tick)
-            self.check(time.monotonic())
 
 
 class Relay:
@@ -245,7 +214,7 @@ class Relay:
         deadlines: Deadlines,
         path: str | None,
     ) -> web.StreamResponse:
-        upstream = await self._open(request, backend, body, deadlines, path)
+        upstream = await self._open(request, backend, body, deadlines, path, exchange.splice)
         exchange.status = upstream.status
         if upstream.status >= 500:
             self._failed(backend, f"answered {upstream.status}")
@@ -270,23 +239,42 @@ class Relay:
                 response.headers[name] = value  # same framing as the backend's
                 fixed_length = True
         completed = False
+        content_type = response.headers.get("Content-Type", "")
+        splice = None
+        if (
+            exchange.splice
+            and not fixed_length
+            and "transfer-encoding" not in upstream.headers  # raw body up to the close
+            and content_type.startswith(STREAMING_TYPES)
+            and request.transport is not None
+            and upstream.connection is not None
+        ):
+            protocol = upstream.connection.protocol
+            assert protocol is not None  # a connection that is open has its protocol
+            splice = Splice(request.transport, exchange.chunks, protocol)
         watchdog = self.watchdog
-        watchdog.watch(upstream, deadlines.idle)
+        content = upstream.content
+        if splice is None:
+            watchdog.watch(upstream, deadlines.idle, lambda: content.total_bytes, upstream.close)
+        else:
+            watchdog.watch(
+                upstream,
+                deadlines.idle,
+                lambda: content.total_bytes + splice.received,
+                upstream.close,
+            )
         try:
             try:
-                await self._copy(request, response, exchange, upstream)
+                if splice is None:
+                    await self._copy(request, response, exchange, upstream)
+                else:
+                    await self._splice(request, response, exchange, upstream, splice, deadlines)
                 completed = True
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
                 if isinstance(exc, ConnectionResetError) and response.prepared:
                     raise  # our client went away (aiohttp's ClientConnectionResetError)
-                if upstream in watchdog.timed_out:
-                    idle = deadlines.idle or 0
-                    raise _StreamBroken(
-                        f"backend sent nothing for {idle:g}s", kind="idle_timeout"
-                    ) from None
-                raise _StreamBroken(
-                    f"backend connection lost: {exc}", kind="stream_broken"
-                ) from None
+                message = f"backend connection lost: {exc}"
+                raise self._broken(upstream, deadlines, message) from None
         except _StreamBroken as broken:
             exchange.outcome, exchange.error = "error", str(broken)
             self.errors[exchange.backend or "", broken.kind] += 1
@@ -297,13 +285,22 @@ class Relay:
         finally:
             watchdog.forget(upstream)
             exchange.ended = time.monotonic()
-            if completed:
+            if completed and splice is None:
                 upstream.release()
             else:
                 upstream.close()  # frees the GPU: Ollama stops when its client leaves
         if exchange.outcome == "pending":
             exchange.outcome = "done" if upstream.status < 400 else "error"
         return response
+
+    def _broken(
+        self, upstream: aiohttp.ClientResponse, deadlines: Deadlines, message: str
+    ) -> _StreamBroken:
+        if upstream in self.watchdog.timed_out:
+            return _StreamBroken(
+                f"backend sent nothing for {deadlines.idle or 0:g}s", kind="idle_timeout"
+            )
+        return _StreamBroken(message, kind="stream_broken")
 
     async def _copy(
         self,
@@ -323,6 +320,46 @@ class Relay:
             append(chunk)
             await write(chunk)
             chunk = await read()
+        await response.write_eof()
+
+    async def _splice(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        exchange: Exchange,
+        upstream: aiohttp.ClientResponse,
+        splice: Splice,
+        deadlines: Deadlines,
+    ) -> None:
+        """The first piece through aiohttp (the headers go out with it), the rest from the
+        backend socket's callback (splice.py)."""
+        content = upstream.content
+        chunk = await content.readany()
+        await response.prepare(request)
+        exchange.first_byte = time.monotonic()
+        if chunk:
+            exchange.chunks.append(chunk)
+            await response.write(chunk)
+        if not chunk or content.is_eof() or upstream.connection is None:
+            # The whole answer came at once: nothing left to splice.
+            while rest := await content.readany():
+                exchange.chunks.append(rest)
+                await response.write(rest)
+        else:
+            splice.framed = response.headers.get("Transfer-Encoding") == "chunked"
+            # No await from here to set_parser: nothing may slip past the splice.
+            if rest := content.read_nowait(-1):
+                splice.feed_data(rest)
+            protocol = upstream.connection.protocol
+            assert protocol is not None
+            protocol.set_parser(splice, content)
+            await splice.wait()
+            if splice.client_gone:
+                raise ConnectionResetError("the client went away")
+        if not complete(b"".join(exchange.chunks[-2:]), sse=exchange.sse):
+            # The connection's close is the only end signal of a spliced body: an answer
+            # without Ollama's last line means the backend died or was cut off.
+            raise self._broken(upstream, deadlines, "backend connection lost mid-answer")
         await response.write_eof()
 
     async def _end_broken(
@@ -354,10 +391,15 @@ class Relay:
         body: bytes | aiohttp.StreamReader | None,
         deadlines: Deadlines,
         path: str | None,
+        splice: bool = False,
     ) -> aiohttp.ClientResponse:
         """Send the request and wait for the answer's headers; the one place where aiohttp
         client errors before the first byte become olbproxy errors (or a retry)."""
         headers = upstream_headers(request, backend, streamed=not isinstance(body, bytes | None))
+        if splice:
+            # A spliced stream needs a body without chunk framing: HTTP/1.0 (splice.py).
+            headers[SPLICE_HEADER] = "1"
+            headers["Connection"] = "close"  # else aiohttp asks HTTP/1.0 for keep-alive
         try:
             # Ollama sends its headers with the first token (or, for stream:false, with
             # the whole answer), so waiting for headers is waiting for the first byte.
