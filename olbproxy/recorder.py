@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import Counter, deque
@@ -247,9 +248,20 @@ class Recorder:
 
     async def _write(self, records: Sequence[Record], *, replay: bool) -> None:
         plan = await self.threads.plan(records, replay=replay)
-        await self.store.rooms.open(plan.rooms)
+        # A room opened by this batch is inserted with its progress already in it, so
+        # only rooms that existed before need a second write (most conversations in a
+        # batch are new: one insert per room instead of an upsert and an update).
+        steps = plan.steps
+        rooms = [
+            dataclasses.replace(room, turns=step.turns, updated_at=step.updated_at)
+            if (step := steps.get(room.id)) is not None
+            else room
+            for room in plan.rooms
+        ]
+        taken = await self.store.rooms.open(rooms)
         await self.store.messages.add(plan.messages)
-        await self.store.rooms.advance(list(plan.steps.values()))
+        fresh = {room.id for room in rooms} - taken
+        await self.store.rooms.advance([s for room_id, s in steps.items() if room_id not in fresh])
         self.threads.commit(plan)
 
     def _record(self, item: Item) -> Record | None:

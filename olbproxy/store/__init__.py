@@ -184,8 +184,9 @@ class Keys(Protocol):
 class Rooms(Protocol):
     async def get(self, room_id: str) -> Room | None: ...
 
-    async def open(self, rooms: Sequence[Room]) -> None:
-        """Insert each room whose id is not taken yet; an existing room is left as it is."""
+    async def open(self, rooms: Sequence[Room]) -> set[str]:
+        """Insert each room whose id is not taken yet; an existing room is left as it is.
+        Returns the ids that were taken already."""
 
     async def advance(self, steps: Sequence[RoomStep]) -> None:
         """Raise each room's turns and updated_at to at least the step's values."""

@@ -101,9 +101,11 @@ class MemoryRooms:
     async def get(self, room_id: str) -> Room | None:
         return self._by_id.get(room_id)
 
-    async def open(self, rooms: Sequence[Room]) -> None:
+    async def open(self, rooms: Sequence[Room]) -> set[str]:
+        taken = {room.id for room in rooms if room.id in self._by_id}
         for room in rooms:
             self._by_id.setdefault(room.id, room)
+        return taken
 
     async def advance(self, steps: Sequence[RoomStep]) -> None:
         for step in steps:
