@@ -221,11 +221,12 @@ async def create_app(settings: Settings) -> web.Application:
     # closes.
     recorder = Recorder(settings.store, store)
     app[RECORDER] = recorder
-    api.observers.append(recorder.observe)
     rooms = RoomsApi(store, recorder)
-    api.preflight.append(rooms.preflight)
     app.router.add_routes(rooms.routes())
     app.cleanup_ctx.append(recorder.lifetime)
+    if settings.store.record:
+        api.observers.append(recorder.observe)
+        api.preflight.append(rooms.preflight)
 
     # -- metrics and status ------------------------------------------------------------
     metrics = Metrics(

@@ -25,6 +25,7 @@ write leaves nothing behind that the replay could trip over.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -120,12 +121,14 @@ class Threads:
         if replay:
             # Some of these may have been written before the outage (or the crash).
             written = {m.id: m for m in await self.store.messages.get_many([r.id for r in records])}
-        for record in records:
+        for index, record in enumerate(records, 1):
             done = written.get(record.id)
             if done is not None:
                 await self._rewritten(plan, record, done)
             else:
                 await self._place(plan, record)
+            if index % 8 == 0:
+                await asyncio.sleep(0)  # planning shares the loop with streams: small slices
         return plan
 
     def commit(self, plan: Plan) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -428,3 +429,21 @@ async def test_a_crash_shaped_spool_replays_its_complete_lines(
     assert sorted(room.title for room, _ in found) == ["first", "second"]
     assert recorder_of(proxy).stats["replayed"] == 2
     assert not list(spool.glob("*.jsonl"))
+
+
+async def test_recording_can_be_switched_off(
+    start_sims: StartSims, start_proxy: StartProxy
+) -> None:
+    sims = await start_sims(1, tokens_per_second=0)
+    base = make_settings(group("20b", ("gpt-oss:20b",), sims))
+    proxy = await start_proxy(
+        make_settings(group("20b", ("gpt-oss:20b",), sims), store=replace(base.store, record=False))
+    )
+    body = {"model": "gpt-oss:20b", "messages": [{"role": "user", "content": "hi"}]}
+    async with proxy.http.post(proxy.url + "/api/chat", json=body) as resp:
+        assert resp.status == 200
+        await resp.read()
+    recorder = proxy.app[RECORDER]
+    assert recorder.stats["written"] == 0 and recorder.backlog() == {"queue": 0, "spool": 0}
+    async with proxy.http.get(proxy.url + "/api/rooms") as resp:
+        assert (await resp.json())["rooms"] == []

@@ -1,0 +1,123 @@
+"""The targets of issue 7, checked against one run (``--check``).
+
+Every ratio compares two targets measured in the same run on the same machine. A goal
+whose measurements are missing (a target skipped, a scenario left out with ``--only``)
+is reported as not measured, never as passed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from bench.scenarios import Measurement
+
+Results = Mapping[tuple[str, str], Measurement]  # (scenario, target) -> measurement
+
+
+@dataclass(frozen=True)
+class Verdict:
+    goal: str
+    value: str  # what was measured, in words
+    passed: bool | None  # None: not measured
+
+
+def _get(results: Results, scenario: str, target: str) -> Measurement | None:
+    found = results.get((scenario, target))
+    return found if found is not None and found.skipped is None else None
+
+
+def _streaming(scenario: str, ratio: float, label: str) -> Callable[[Results], Verdict]:
+    def check(results: Results) -> Verdict:
+        goal = f"{label}: proxy >= {ratio:g} x direct tokens/s, zero errors"
+        proxy, direct = _get(results, scenario, "proxy"), _get(results, scenario, "direct")
+        if proxy is None or direct is None or not direct.tokens_per_s:
+            return Verdict(goal, "not measured", None)
+        got = proxy.tokens_per_s / direct.tokens_per_s
+        value = f"{got:.3f} x direct ({proxy.tokens_per_s:,.0f} / {direct.tokens_per_s:,.0f})"
+        if proxy.errors:
+            value += f", {proxy.errors} errors"
+        return Verdict(goal, value, got >= ratio and proxy.errors == 0)
+
+    return check
+
+
+def _cpu(reference: str, limit: float) -> Callable[[Results], Verdict]:
+    def check(results: Results) -> Verdict:
+        goal = f"(b) CPU per forwarded token: proxy <= {limit:g} x {reference}"
+        proxy, other = _get(results, "a1000", "proxy"), _get(results, "a1000", reference)
+        if (
+            proxy is None
+            or other is None
+            or proxy.cpu_us_per_token is None
+            or not other.cpu_us_per_token
+        ):
+            return Verdict(goal, "not measured", None)
+        got = proxy.cpu_us_per_token / other.cpu_us_per_token
+        value = (
+            f"{got:.2f} x {reference} ({proxy.cpu_us_per_token:.1f} / "
+            f"{other.cpu_us_per_token:.1f} µs)"
+        )
+        return Verdict(goal, value, got <= limit)
+
+    return check
+
+
+def _ttft(percentile: str, limit_ms: float) -> Callable[[Results], Verdict]:
+    def check(results: Results) -> Verdict:
+        goal = f"(c) TTFT at 200 streams/s: added {percentile} <= {limit_ms:g} ms over direct"
+        proxy, direct = _get(results, "ttft", "proxy"), _get(results, "ttft", "direct")
+        if proxy is None or direct is None or percentile not in proxy.ttft_ms:
+            return Verdict(goal, "not measured", None)
+        added = proxy.ttft_ms[percentile] - direct.ttft_ms.get(percentile, 0.0)
+        return Verdict(goal, f"{added:+.2f} ms", added <= limit_ms)
+
+    return check
+
+
+def _gaps(results: Results) -> Verdict:
+    goal = "(d) inter-token gap p99 at 500 streams <= direct + 3 ms"
+    proxy, direct = _get(results, "gaps", "proxy"), _get(results, "gaps", "direct")
+    if proxy is None or direct is None or "p99" not in proxy.gap_ms:
+        return Verdict(goal, "not measured", None)
+    added = proxy.gap_ms["p99"] - direct.gap_ms.get("p99", 0.0)
+    value = f"{proxy.gap_ms['p99']:.1f} ms vs {direct.gap_ms.get('p99', 0.0):.1f} ms ({added:+.1f})"
+    return Verdict(goal, value, added <= 3.0)
+
+
+def _whole(results: Results) -> Verdict:
+    goal = "(e) non-streaming requests/s at 64 connections >= 0.8 x minimal (JWT on)"
+    proxy, minimal = _get(results, "whole", "proxy"), _get(results, "whole", "minimal")
+    if proxy is None or minimal is None or not minimal.answers_per_s:
+        return Verdict(goal, "not measured", None)
+    got = proxy.answers_per_s / minimal.answers_per_s
+    value = f"{got:.2f} x minimal ({proxy.answers_per_s:,.0f} / {minimal.answers_per_s:,.0f})"
+    if proxy.errors:
+        value += f", {proxy.errors} errors"
+    return Verdict(goal, value, got >= 0.8 and proxy.errors == 0)
+
+
+def _memory(results: Results) -> Verdict:
+    goal = "(f) proxy memory per open idle stream at 2000 streams <= 30 KiB"
+    proxy = _get(results, "idle", "proxy")
+    if proxy is None or proxy.rss_per_stream_kib is None:
+        return Verdict(goal, "not measured", None)
+    value = f"{proxy.rss_per_stream_kib:.1f} KiB ({proxy.opened} streams)"
+    return Verdict(goal, value, proxy.rss_per_stream_kib <= 30.0)
+
+
+GOALS: tuple[Callable[[Results], Verdict], ...] = (
+    _streaming("a1000", 0.95, "(a) 1000 x 40 tok/s"),
+    _streaming("a2000", 0.90, "(a) 2000 x 20 tok/s"),
+    _cpu("minimal", 1.25),
+    _cpu("nginx", 2.0),
+    _ttft("p50", 1.0),
+    _ttft("p99", 2.0),
+    _gaps,
+    _whole,
+    _memory,
+)
+
+
+def check(results: Results) -> list[Verdict]:
+    return [goal(results) for goal in GOALS]
