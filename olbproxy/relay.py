@@ -279,7 +279,11 @@ class Relay:
             exchange.outcome, exchange.error = "error", str(broken)
             self.errors[exchange.backend or "", broken.kind] += 1
             await self._end_broken(request, response, exchange, str(broken), fixed_length)
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:
+            # The client left mid-answer: an ordinary end, not an error to log.
+            exchange.outcome = "cancelled"
+            return response
+        except asyncio.CancelledError:
             exchange.outcome = "cancelled"
             raise
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -154,3 +155,29 @@ async def test_backend_status_and_error_body_pass_through(
     async with proxy.http.post(proxy.url + "/api/chat", json=body) as resp:
         assert resp.status == 400
         assert "does not support chat" in (await resp.json())["error"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        # Spliced from the socket callback:
+        ("/api/chat", {"messages": [{"role": "user", "content": "hi"}]}),
+        # Through the plain relay (an SSE stream whose end the splice would not know):
+        ("/v1/responses", {"input": "hi", "stream": True}),
+    ],
+)
+async def test_a_client_leaving_mid_stream_is_not_logged_as_an_error(
+    start_sims: StartSims,
+    start_proxy: StartProxy,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+    body: dict[str, object],
+) -> None:
+    sims = await start_sims(1, tokens_per_second=50, answer_tokens=500)
+    proxy = await start_proxy(make_settings(group("20b", ("gpt-oss:20b",), sims)))
+    async with aiohttp.ClientSession() as client:
+        resp = await client.post(proxy.url + path, json={"model": "gpt-oss:20b", **body})
+        await resp.content.readline()
+        resp.close()
+    await sims[0].wait_until(lambda: sims[0].stats.cancelled == 1, timeout=3)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
