@@ -23,9 +23,10 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import Proxy, StartProxy, StartSims, group, make_settings
+from identity import PASSWORD, auth_settings, bearer
 from prometheus_client.parser import text_string_to_metric_families
 
-from olbproxy.app import METRICS, create_app
+from olbproxy.app import AUTHENTICATOR, METRICS, create_app
 from olbproxy.config import Settings
 from olbproxy.metrics import Metrics
 from olbproxy.pool import Pool
@@ -292,22 +293,26 @@ async def test_every_panel_query_returns_data_from_a_real_prometheus(
         1, prefix="l", tokens_per_second=25, answer_tokens=8, cold_load_delay=0.3
     )
     other = await start_sims(1, prefix="x", tokens_per_second=0)
+    # Everything on as in production: authentication (its failures have panels) and
+    # persistence (its backlog has a panel), in memory here.
     settings = make_settings(
         group("20b", ("gpt-oss:20b",), small),
         group("120b", ("gpt-oss:120b",), large),
         group("other", ("*",), other),
+        auth=auth_settings(),
     )
     app = await create_app(settings)
-    metrics = app[METRICS]
-    metrics.cold_load_seconds = 0.25  # the simulator's cold load is short
-    # Sources that are not wired (or stay empty with authentication off in tests) get a
-    # stand-in, so that their panels' queries are checked against real series too.
-    live = metrics.live
-    if live.auth_failures is None or not live.auth_failures():
-        live.auth_failures = lambda: {"bad_token": 2, "expired": 1}
-    if live.backlog is None:
-        live.backlog = lambda: {"queue": 0, "spool": 4}
+    app[METRICS].cold_load_seconds = 0.25  # the simulator's cold load is short
     proxy = await start_proxy(settings, app)
+    await app[AUTHENTICATOR].accounts.add_user("grafana", PASSWORD)
+    async with proxy.http.post(
+        proxy.url + "/api/auth/login", json={"username": "grafana", "password": PASSWORD}
+    ) as resp:
+        token = (await resp.json())["token"]
+    async with proxy.http.get(proxy.url + "/api/tags", headers=bearer("forged")) as resp:
+        assert resp.status == 401  # a real authentication failure for its panel
+    await proxy.http.close()
+    proxy.http = aiohttp.ClientSession(headers=bearer(token))
 
     prometheus = Prometheus(binary, tmp_path, proxy.url.removeprefix("http://"))
     if promtool := shutil.which("promtool"):
