@@ -1,14 +1,16 @@
 """The relay: sends a request to a backend over the shared ClientSession and streams
 the answer back byte for byte.
 
-Hot path discipline: per chunk the relay does one read, one list append and one
-write, nothing else. Timing of the first byte is taken once; counters are parsed
-after the stream has ended (exchange.py). Idle streams are policed by a watchdog
-that compares byte counters aiohttp keeps anyway, so no timer is touched per chunk.
+Hot path discipline: token streams of chat and generate are spliced (splice.py): their
+bytes go from the backend socket's callback to the client with one append and one
+write, no task woken per token. Other answers go through ``_copy``: one read, one
+append, one write per chunk. The first byte's time is taken once; counters are parsed
+after the stream has ended (exchange.py). Idle streams are policed by the watchdog
+(watchdog.py) from byte counts kept anyway, so no timer is touched per chunk.
 
-aiohttp client errors become ours at one boundary (``_translate``). Before the first
-byte, a failed connect or Ollama's 503 "server busy" moves the request to another
-backend; after it, nothing is retried and a failure ends the stream with Ollama's
+aiohttp client errors before the first byte become ours at one boundary (``_open``):
+a failed connect or Ollama's 503 "server busy" moves the request to another backend.
+After the first byte nothing is retried, and a failure ends the stream with Ollama's
 final ``{"error": ...}`` line (an SSE error frame on ``/v1``).
 """
 
@@ -36,7 +38,7 @@ from olbproxy.errors import (
 )
 from olbproxy.exchange import Exchange
 from olbproxy.pool import Backend
-from olbproxy.splice import SPLICE_HEADER, Splice, complete
+from olbproxy.splice import SPLICE_HEADER, Splice, relay_spliced
 from olbproxy.watchdog import Watchdog
 
 log = logging.getLogger("olbproxy.relay")
@@ -268,7 +270,11 @@ class Relay:
                 if splice is None:
                     await self._copy(request, response, exchange, upstream)
                 else:
-                    await self._splice(request, response, exchange, upstream, splice, deadlines)
+                    if not await relay_spliced(request, response, exchange, upstream, splice):
+                        # A spliced body ends at the connection's close: without Ollama's
+                        # last line, the backend died or was cut off mid-answer.
+                        message = "backend connection lost mid-answer"
+                        raise self._broken(upstream, deadlines, message)
                 completed = True
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
                 if isinstance(exc, ConnectionResetError) and response.prepared:
@@ -324,46 +330,6 @@ class Relay:
             append(chunk)
             await write(chunk)
             chunk = await read()
-        await response.write_eof()
-
-    async def _splice(
-        self,
-        request: web.Request,
-        response: web.StreamResponse,
-        exchange: Exchange,
-        upstream: aiohttp.ClientResponse,
-        splice: Splice,
-        deadlines: Deadlines,
-    ) -> None:
-        """The first piece through aiohttp (the headers go out with it), the rest from the
-        backend socket's callback (splice.py)."""
-        content = upstream.content
-        chunk = await content.readany()
-        await response.prepare(request)
-        exchange.first_byte = time.monotonic()
-        if chunk:
-            exchange.chunks.append(chunk)
-            await response.write(chunk)
-        if not chunk or content.is_eof() or upstream.connection is None:
-            # The whole answer came at once: nothing left to splice.
-            while rest := await content.readany():
-                exchange.chunks.append(rest)
-                await response.write(rest)
-        else:
-            splice.framed = response.headers.get("Transfer-Encoding") == "chunked"
-            # No await from here to set_parser: nothing may slip past the splice.
-            if rest := content.read_nowait(-1):
-                splice.feed_data(rest)
-            protocol = upstream.connection.protocol
-            assert protocol is not None
-            protocol.set_parser(splice, content)
-            await splice.wait()
-            if splice.client_gone:
-                raise ConnectionResetError("the client went away")
-        if not complete(b"".join(exchange.chunks[-2:]), sse=exchange.sse):
-            # The connection's close is the only end signal of a spliced body: an answer
-            # without Ollama's last line means the backend died or was cut off.
-            raise self._broken(upstream, deadlines, "backend connection lost mid-answer")
         await response.write_eof()
 
     async def _end_broken(

@@ -19,10 +19,14 @@ read once at the end by ``complete()``.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from aiohttp.client_proto import ResponseHandler
+
+from olbproxy.exchange import Exchange
 
 # Set by the relay on a request to send it as HTTP/1.0; removed before it leaves.
 SPLICE_HEADER = "X-Olbproxy-Splice"
@@ -116,6 +120,44 @@ class Splice:
         wake = self._wake
         if wake is not None and not wake.done():
             wake.set_result(None)
+
+
+async def relay_spliced(
+    request: web.Request,
+    response: web.StreamResponse,
+    exchange: Exchange,
+    upstream: aiohttp.ClientResponse,
+    splice: Splice,
+) -> bool:
+    """Forward a spliced answer: the first piece through aiohttp (the headers go out with
+    it), the rest from the socket callback. False when the answer was cut off."""
+    content = upstream.content
+    chunk = await content.readany()
+    await response.prepare(request)
+    exchange.first_byte = time.monotonic()
+    if chunk:
+        exchange.chunks.append(chunk)
+        await response.write(chunk)
+    if not chunk or content.is_eof() or upstream.connection is None:
+        # The whole answer came at once: nothing left to splice.
+        while rest := await content.readany():
+            exchange.chunks.append(rest)
+            await response.write(rest)
+    else:
+        splice.framed = response.headers.get("Transfer-Encoding") == "chunked"
+        # No await from here to set_parser: nothing may slip past the splice.
+        if rest := content.read_nowait(-1):
+            splice.feed_data(rest)
+        protocol = upstream.connection.protocol
+        assert protocol is not None  # an open connection has its protocol
+        protocol.set_parser(splice, content)
+        await splice.wait()
+        if splice.client_gone:
+            raise ConnectionResetError("the client went away")
+    if not complete(b"".join(exchange.chunks[-2:]), sse=exchange.sse):
+        return False
+    await response.write_eof()
+    return True
 
 
 def complete(tail: bytes, *, sse: bool) -> bool:

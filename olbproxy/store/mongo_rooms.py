@@ -1,0 +1,242 @@
+"""MongoDB rooms and messages: the conversation half of the MongoDB store (mongo.py).
+
+Writes are batched by the recorder; every read and write runs under one client-side
+deadline (``store.timeout``), so a server that accepts connections but never answers
+cannot hold the recorder. Documents of the seed app that share these collections are
+never matched by a query (they lack the string ``user_id``/``room_id`` we filter on)
+and are read tolerantly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Collection, Iterator, Sequence
+from typing import Any
+
+import pymongo
+from bson.errors import BSONError
+from pymongo import ASCENDING, DESCENDING, UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
+
+from olbproxy.errors import ProxyError, Unavailable
+from olbproxy.store import Mark, Message, MessageKind, Room, RoomStep
+
+Document = dict[str, Any]
+
+_DUPLICATE_KEY = 11000
+
+
+@contextlib.contextmanager
+def bounded(seconds: float) -> Iterator[None]:
+    """One deadline for a conversation read or write. An outage (or the deadline) becomes
+    ``Unavailable``; a database that answers but refuses becomes a plain ``ProxyError``."""
+    try:
+        with pymongo.timeout(seconds):
+            yield
+    except ConnectionFailure as exc:
+        # pymongo appends its whole topology description: keep the first, telling part.
+        reason = str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0][:200]
+        raise Unavailable(f"MongoDB is unreachable: {reason}", retry_after=5) from exc
+    except PyMongoError as exc:
+        if exc.timeout:
+            raise Unavailable(f"MongoDB did not answer in {seconds:g}s", retry_after=5) from exc
+        raise ProxyError(f"MongoDB refused the operation: {exc}") from exc
+    except BSONError as exc:  # e.g. a document over 16 MiB
+        raise ProxyError(f"MongoDB cannot store this document: {exc}") from exc
+
+
+def _duplicates(exc: BulkWriteError, docs: Sequence[Document]) -> set[str]:
+    """The ids a batched insert found taken; any other failure is raised again."""
+    errors = exc.details.get("writeErrors", [])
+    if exc.details.get("writeConcernErrors") or any(
+        e.get("code") != _DUPLICATE_KEY for e in errors
+    ):
+        raise exc
+    return {str(docs[e["index"]]["_id"]) for e in errors}
+
+
+def _room_fields(room: Room) -> Document:
+    return {
+        "user_id": room.user_id,
+        "user_name": room.user_name,
+        "title": room.title,
+        "model": room.model,
+        "created_at": room.created_at,
+        "updated_at": room.updated_at,
+        "turns": room.turns,
+    }
+
+
+def _room(doc: Document) -> Room:
+    # Tolerant reads: a document of the seed app's could share the collection.
+    return Room(
+        id=str(doc["_id"]),
+        user_id=str(doc.get("user_id", "")),
+        user_name=str(doc.get("user_name") or ""),
+        title=str(doc.get("title") or ""),
+        model=doc.get("model"),
+        created_at=doc.get("created_at"),
+        updated_at=doc.get("updated_at"),
+        turns=int(doc.get("turns") or 0),
+    )
+
+
+_MESSAGE_FIELDS = tuple(f.name for f in dataclasses.fields(Message) if f.name != "id")
+
+
+def _message_doc(message: Message) -> Document:
+    doc = {"_id": message.id, **{name: getattr(message, name) for name in _MESSAGE_FIELDS}}
+    doc["truncated"] = list(message.truncated)
+    return doc
+
+
+def _message(doc: Document) -> Message:
+    values = {name: doc[name] for name in _MESSAGE_FIELDS if name in doc}
+    values["truncated"] = tuple(values.get("truncated") or ())
+    return Message(id=str(doc["_id"]), **values)
+
+
+class MongoRooms:
+    def __init__(self, collection: AsyncCollection[Document], seconds: float) -> None:
+        self.collection = collection
+        self.seconds = seconds
+        self.indexed = False
+
+    async def ensure_indexes(self) -> None:
+        with bounded(self.seconds):
+            await self.collection.create_index(
+                [("user_id", ASCENDING), ("updated_at", DESCENDING), ("_id", DESCENDING)],
+                name="user_updated",
+            )
+        self.indexed = True
+
+    async def get(self, room_id: str) -> Room | None:
+        with bounded(self.seconds):
+            doc = await self.collection.find_one({"_id": room_id})
+        return None if doc is None else _room(doc)
+
+    async def open(self, rooms: Sequence[Room]) -> set[str]:
+        if not rooms:
+            return set()
+        if not self.indexed:  # MongoDB was down at start: index before the first write
+            await self.ensure_indexes()
+        docs = [{"_id": r.id, **_room_fields(r)} for r in rooms]
+        # Plain inserts, not upserts: one batched write instead of a lookup per room
+        # (a tenth of the time on a batch of 200); an id that exists is reported back.
+        with bounded(self.seconds):
+            try:
+                await self.collection.insert_many(docs, ordered=False)
+            except BulkWriteError as exc:
+                return _duplicates(exc, docs)
+        return set()
+
+    async def advance(self, steps: Sequence[RoomStep]) -> None:
+        if not steps:
+            return
+        ops = [
+            UpdateOne({"_id": s.room_id}, {"$max": {"turns": s.turns, "updated_at": s.updated_at}})
+            for s in steps
+        ]
+        with bounded(self.seconds):
+            await self.collection.bulk_write(ops, ordered=False)
+
+    async def list(self, user_id: str, *, limit: int, before: Mark | None = None) -> list[Room]:
+        query: Document = {"user_id": user_id}
+        if before is not None:
+            at, room_id = before
+            query["$or"] = [
+                {"updated_at": {"$lt": at}},
+                {"updated_at": at, "_id": {"$lt": room_id}},
+            ]
+        order = [("updated_at", DESCENDING), ("_id", DESCENDING)]
+        with bounded(self.seconds):
+            cursor = self.collection.find(query).sort(order).limit(limit)
+            return [_room(doc) async for doc in cursor]
+
+    async def rename(self, room_id: str, title: str) -> Room | None:
+        with bounded(self.seconds):
+            doc = await self.collection.find_one_and_update(
+                {"_id": room_id},
+                {"$set": {"title": title}},
+                return_document=pymongo.ReturnDocument.AFTER,
+            )
+        return None if doc is None else _room(doc)
+
+    async def delete(self, room_id: str) -> bool:
+        with bounded(self.seconds):
+            result = await self.collection.delete_one({"_id": room_id})
+        return result.deleted_count > 0
+
+
+class MongoMessages:
+    def __init__(self, collection: AsyncCollection[Document], seconds: float) -> None:
+        self.collection = collection
+        self.seconds = seconds
+        self.indexed = False
+
+    async def ensure_indexes(self) -> None:
+        with bounded(self.seconds):
+            await self.collection.create_index(
+                [("room_id", ASCENDING), ("started_at", ASCENDING), ("_id", ASCENDING)],
+                name="room_started",
+            )
+            await self.collection.create_index(
+                [("user_id", ASCENDING), ("full_hash", ASCENDING)], name="user_full_hash"
+            )
+        self.indexed = True
+
+    async def add(self, messages: Sequence[Message]) -> set[str]:
+        if not messages:
+            return set()
+        if not self.indexed:  # MongoDB was down at start: index before the first write
+            await self.ensure_indexes()
+        docs = [_message_doc(m) for m in messages]
+        with bounded(self.seconds):
+            try:
+                await self.collection.insert_many(docs, ordered=False)
+            except BulkWriteError as exc:
+                return _duplicates(exc, docs)  # written before (a replay): the first stands
+        return set()
+
+    async def get_many(self, ids: Collection[str]) -> list[Message]:
+        if not ids:
+            return []
+        with bounded(self.seconds):
+            cursor = self.collection.find({"_id": {"$in": [*ids]}})
+            return [_message(doc) async for doc in cursor]
+
+    async def find_head(self, user_id: str, hashes: Sequence[str]) -> Message | None:
+        if not hashes:
+            return None
+        query = {"user_id": user_id, "full_hash": {"$in": [*hashes]}, "room_id": {"$ne": None}}
+        with bounded(self.seconds):
+            cursor = self.collection.find(query).sort("started_at", ASCENDING).limit(100)
+            found = {doc["full_hash"]: _message(doc) async for doc in cursor}
+        return next((found[h] for h in hashes if h in found), None)
+
+    async def list(
+        self,
+        room_id: str,
+        *,
+        limit: int,
+        after: Mark | None = None,
+        kinds: Collection[MessageKind] = ("turn", "generate"),
+    ) -> list[Message]:
+        query: Document = {"room_id": room_id, "kind": {"$in": [*kinds]}}
+        if after is not None:
+            at, message_id = after
+            query["$or"] = [
+                {"started_at": {"$gt": at}},
+                {"started_at": at, "_id": {"$gt": message_id}},
+            ]
+        order = [("started_at", ASCENDING), ("_id", ASCENDING)]
+        with bounded(self.seconds):
+            cursor = self.collection.find(query).sort(order).limit(limit)
+            return [_message(doc) async for doc in cursor]
+
+    async def delete_room(self, room_id: str) -> int:
+        with bounded(self.seconds):
+            result = await self.collection.delete_many({"room_id": room_id})
+        return result.deleted_count
