@@ -260,7 +260,9 @@ class OllamaApi:
             if backend is None:
                 raise Unavailable("no healthy backend", retry_after=5)
             placement = FixedPlacement([backend])
-            deadlines = Deadlines(first_byte=self.settings.health.timeout * 20)
+            # Whatever it is, no group would wait longer for a first byte.
+            longest = max((g.first_byte_timeout for g in self.settings.groups), default=600.0)
+            deadlines = Deadlines(first_byte=longest)
         return await self.relay.forward(
             request, exchange, placement, body=body, deadlines=deadlines, attempts=2
         )
