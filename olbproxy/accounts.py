@@ -26,9 +26,9 @@ from aiohttp import web
 from olbproxy import passwords
 from olbproxy.api import method_table
 from olbproxy.body import read_json
-from olbproxy.config import AuthSettings
 from olbproxy.errors import BadRequest, Conflict, Forbidden, NotFound, ProxyError, Unauthorized
 from olbproxy.principal import Role
+from olbproxy.settings import AuthSettings
 from olbproxy.store import ApiKey, SeedUser, Store, User, UserChanges, new_id, now
 from olbproxy.throttle import Throttle
 from olbproxy.tokens import Tokens, new_api_key

@@ -20,13 +20,13 @@ from aiohttp import web
 
 from olbproxy.body import check_limits, is_load_request, model_of, read_json, wants_stream
 from olbproxy.catalog import Catalog
-from olbproxy.config import GroupSettings, Settings
 from olbproxy.errors import MethodNotAllowed, ProxyError, Unavailable, UpstreamError
 from olbproxy.exchange import EXCHANGE, Exchange, final_counters
 from olbproxy.pool import FixedPlacement, Group, Pool, RotatePlacement, SlotPlacement
 from olbproxy.principal import OPEN, PRINCIPAL, Principal
 from olbproxy.relay import Deadlines, Relay
 from olbproxy.routing import Router, normalise_model
+from olbproxy.settings import GroupSettings, Settings
 
 log = logging.getLogger("olbproxy.api")
 

@@ -20,7 +20,6 @@ from aiohttp.typedefs import Middleware
 from olbproxy.api import OllamaApi
 from olbproxy.auth import Authenticator
 from olbproxy.catalog import Catalog
-from olbproxy.config import Settings
 from olbproxy.errors import ProxyError, render
 from olbproxy.health import HealthChecker
 from olbproxy.management import ModelManagement
@@ -30,6 +29,7 @@ from olbproxy.recorder import Recorder
 from olbproxy.relay import Relay
 from olbproxy.rooms import RoomsApi
 from olbproxy.routing import Router
+from olbproxy.settings import Settings
 from olbproxy.splice import SpliceRequest
 from olbproxy.status import Status
 from olbproxy.store import Store, open_store

@@ -38,10 +38,10 @@ from aiohttp import web
 
 from olbproxy import passwords
 from olbproxy.accounts import Accounts, username_key
-from olbproxy.config import AuthSettings
 from olbproxy.directory import Directory
 from olbproxy.errors import Forbidden, Unauthorized
 from olbproxy.principal import ANONYMOUS, PRINCIPAL, Principal
+from olbproxy.settings import AuthSettings
 from olbproxy.store import Store, User
 from olbproxy.tokens import Tokens, key_id_of, key_matches
 

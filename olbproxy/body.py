@@ -12,8 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
-from olbproxy.config import GroupSettings
 from olbproxy.errors import BadRequest, PayloadTooLarge, RequestTimeout
+from olbproxy.settings import GroupSettings
 
 # Fields whose type we rely on; everything else is the backend's business.
 _TYPES: dict[str, tuple[type, ...]] = {

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from olbproxy.config import GroupSettings
 from olbproxy.pool import Backend, Pool
 from olbproxy.relay import Relay
 from olbproxy.routing import Router, normalise_model
+from olbproxy.settings import GroupSettings
 
 Allowed = Callable[[GroupSettings], bool]
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from olbproxy import config, launchd, status
-from olbproxy.config import Settings
 from olbproxy.errors import BadRequest, ConfigError, ProxyError
 from olbproxy.routing import Router
+from olbproxy.settings import Settings
 
 if TYPE_CHECKING:  # the admin commands load these when they run
     from olbproxy.accounts import Accounts

@@ -17,8 +17,8 @@ from dataclasses import replace
 from aiohttp import web
 
 from olbproxy.app import AUTHENTICATOR, create_app
-from olbproxy.config import GroupSettings, Settings
 from olbproxy.server import run, serve
+from olbproxy.settings import GroupSettings, Settings
 from olbproxy.simulator import DEFAULT_MODELS, OllamaSimulator
 
 log = logging.getLogger("olbproxy.demo")

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import aiohttp
 
-from olbproxy.config import HealthSettings
 from olbproxy.pool import Backend, Pool
+from olbproxy.settings import HealthSettings
 
 log = logging.getLogger("olbproxy.health")
 

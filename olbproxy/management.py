@@ -17,12 +17,12 @@ from aiohttp import web
 
 from olbproxy.api import method_table, principal_of
 from olbproxy.body import model_of, read_json, wants_stream
-from olbproxy.config import Settings
 from olbproxy.errors import Forbidden, NotFound, Unavailable
 from olbproxy.exchange import Exchange
 from olbproxy.pool import Backend, FixedPlacement, Group, Pool
 from olbproxy.relay import Deadlines, Relay, upstream_headers
 from olbproxy.routing import Router
+from olbproxy.settings import Settings
 
 _BLOB_MEMORY = 4096
 

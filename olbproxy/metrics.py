@@ -31,11 +31,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from olbproxy.api import method_table, principal_of
-from olbproxy.config import MetricsSettings, parse_listen
+from olbproxy.config import parse_listen
 from olbproxy.errors import Forbidden
 from olbproxy.exchange import Exchange
 from olbproxy.pool import Pool
 from olbproxy.routing import normalise_model
+from olbproxy.settings import MetricsSettings
 
 log = logging.getLogger("olbproxy.metrics")
 

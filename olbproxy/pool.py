@@ -15,8 +15,8 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from urllib.parse import urlsplit
 
 from olbproxy.admission import RETRY_AFTER, Admission
-from olbproxy.config import GroupSettings, Settings
 from olbproxy.errors import Unavailable
+from olbproxy.settings import GroupSettings, Settings
 
 
 class Backend:

@@ -41,11 +41,11 @@ from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
 
-from olbproxy.config import StoreSettings
 from olbproxy.conversation import RECORDED
 from olbproxy.errors import ProxyError, Unavailable
 from olbproxy.exchange import Exchange
 from olbproxy.record import Record, record_of
+from olbproxy.settings import StoreSettings
 from olbproxy.spool import Spool
 from olbproxy.store import Store
 from olbproxy.threads import Threads

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
 
-from olbproxy.config import GroupSettings
 from olbproxy.errors import Forbidden, ModelNotFound
+from olbproxy.settings import GroupSettings
 
 _GLOB_CHARS = frozenset("*?[")
 

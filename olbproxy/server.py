@@ -16,8 +16,8 @@ from aiohttp import web
 
 from olbproxy import config
 from olbproxy.app import create_app, reload_routing
-from olbproxy.config import Settings
 from olbproxy.errors import ConfigError
+from olbproxy.settings import Settings
 
 log = logging.getLogger("olbproxy.server")
 

@@ -26,6 +26,7 @@ from olbproxy.catalog import Catalog
 from olbproxy.errors import Forbidden
 from olbproxy.metrics import Backlog
 from olbproxy.pool import Backend, Pool
+from olbproxy.settings import Settings
 
 PATH = "/api/olbproxy/status"
 
@@ -128,7 +129,7 @@ def render(status: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def default_url(settings: config.Settings) -> str:
+def default_url(settings: Settings) -> str:
     host = settings.listen_host
     if host in ("", "0.0.0.0", "::"):
         host = "127.0.0.1"

@@ -25,7 +25,7 @@ from typing import Literal
 
 import jwt
 
-from olbproxy.config import AuthSettings
+from olbproxy.settings import AuthSettings
 from olbproxy.store import ApiKey, User
 
 KEY_PREFIX = "olb_"

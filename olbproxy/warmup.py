@@ -13,8 +13,8 @@ import logging
 
 import aiohttp
 
-from olbproxy.config import GroupSettings
 from olbproxy.pool import Backend, Pool
+from olbproxy.settings import GroupSettings
 
 log = logging.getLogger("olbproxy.warmup")
 

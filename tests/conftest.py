@@ -16,7 +16,7 @@ from aiohttp import web
 from mongo import MongoServer
 
 from olbproxy.app import create_app
-from olbproxy.config import GroupSettings, Settings
+from olbproxy.settings import GroupSettings, Settings
 from olbproxy.simulator import OllamaSimulator
 
 

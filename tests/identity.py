@@ -13,7 +13,7 @@ from conftest import Proxy, StartProxy, StartSims, group, make_settings
 from olbproxy.accounts import Accounts
 from olbproxy.app import AUTHENTICATOR, STORE
 from olbproxy.auth import Authenticator
-from olbproxy.config import AuthSettings, Settings, StoreSettings
+from olbproxy.settings import AuthSettings, Settings, StoreSettings
 from olbproxy.simulator import OllamaSimulator
 from olbproxy.store import Store
 

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from olbproxy.config import GroupSettings, Settings
 from olbproxy.errors import Unavailable
 from olbproxy.pool import Backend, Pool, SlotPlacement
+from olbproxy.settings import GroupSettings, Settings
 
 M = "gpt-oss:20b"
 

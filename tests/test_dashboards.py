@@ -27,9 +27,9 @@ from identity import PASSWORD, auth_settings, bearer
 from prometheus_client.parser import text_string_to_metric_families
 
 from olbproxy.app import AUTHENTICATOR, METRICS, create_app
-from olbproxy.config import Settings
 from olbproxy.metrics import Metrics
 from olbproxy.pool import Pool
+from olbproxy.settings import Settings
 
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
 DASHBOARD = DASHBOARDS / "olbproxy.json"

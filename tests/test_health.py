@@ -17,9 +17,9 @@ from aiohttp import web
 from aiohttp.client_reqrep import ConnectionKey
 from aioresponses import aioresponses
 
-from olbproxy.config import GroupSettings, HealthSettings, Settings
 from olbproxy.health import HealthChecker
 from olbproxy.pool import Backend, Pool
+from olbproxy.settings import GroupSettings, HealthSettings, Settings
 
 
 @dataclass

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from olbproxy import config, launchd
-from olbproxy.config import GroupSettings, Settings
 from olbproxy.launchd import Generator, LaunchdOptions
+from olbproxy.settings import GroupSettings, Settings
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "config" / "olbproxy.yaml"

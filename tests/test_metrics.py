@@ -20,8 +20,8 @@ from identity import CHAT, Site, bearer, site_settings, start_site
 from prometheus_client.parser import text_string_to_metric_families
 
 from olbproxy.app import METRICS, create_app
-from olbproxy.config import MetricsSettings, Settings
 from olbproxy.principal import PRINCIPAL, Principal
+from olbproxy.settings import MetricsSettings, Settings
 from olbproxy.simulator import OllamaSimulator
 
 MODEL = "gpt-oss:20b"

@@ -18,10 +18,10 @@ from identity import store_settings
 from mongo import MongoServer
 
 from olbproxy.app import RECORDER, create_app
-from olbproxy.config import Settings
 from olbproxy.exchange import Exchange
 from olbproxy.record import record_of
 from olbproxy.recorder import Recorder
+from olbproxy.settings import Settings
 from olbproxy.simulator import OllamaSimulator
 from olbproxy.store import Message, Room, Store, open_store
 

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from conftest import StartProxy, StartSims, group, make_settings
 
-from olbproxy.config import GroupSettings
+from olbproxy.settings import GroupSettings
 
 # A stream with awkward framing: a line split across chunks, Go's \u003c escapes,
 # non-ASCII text, and a final done line with counters.

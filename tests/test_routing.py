@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from olbproxy.config import GroupSettings
 from olbproxy.errors import Forbidden, ModelNotFound
 from olbproxy.routing import Router, normalise_model
+from olbproxy.settings import GroupSettings
 
 
 def g(name: str, *models: str) -> GroupSettings:

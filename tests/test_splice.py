@@ -11,7 +11,7 @@ from aiohttp import web
 from conftest import StartProxy, StartSims, group, make_settings
 
 from olbproxy import splice as splice_module
-from olbproxy.config import GroupSettings
+from olbproxy.settings import GroupSettings
 from olbproxy.splice import Splice, complete
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "x"}]}

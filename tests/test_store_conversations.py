@@ -11,7 +11,7 @@ import pytest
 from bson import ObjectId
 from identity import database_of, store_settings
 
-from olbproxy.config import Settings
+from olbproxy.settings import Settings
 from olbproxy.store import Message, Room, RoomStep, Store, open_store
 from olbproxy.store.mongo import MongoStore
 

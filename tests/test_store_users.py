@@ -10,8 +10,8 @@ import pytest
 from identity import store_settings
 from mongo import MongoServer
 
-from olbproxy.config import Settings
 from olbproxy.errors import Conflict, Unavailable
+from olbproxy.settings import Settings
 from olbproxy.store import ApiKey, Store, User, new_id, open_store
 
 

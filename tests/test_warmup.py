@@ -7,7 +7,7 @@ import json
 from conftest import StartProxy, StartSims, group, make_settings
 
 from olbproxy.app import POOL
-from olbproxy.config import GroupSettings
+from olbproxy.settings import GroupSettings
 from olbproxy.warmup import keep_alive_value, warm_models
 
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TypedDict
 
-from olbproxy.config import Settings
 from olbproxy.errors import ConfigError
 from olbproxy.principal import Role
+from olbproxy.settings import Settings
 
 
 def now() -> datetime:

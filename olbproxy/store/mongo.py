@@ -44,8 +44,8 @@ from pymongo.errors import (
     DuplicateKeyError,
 )
 
-from olbproxy.config import StoreSettings
 from olbproxy.errors import ConfigError, Conflict, Unavailable
+from olbproxy.settings import StoreSettings
 from olbproxy.store import (
     ApiKey,
     Keys,
