@@ -57,12 +57,12 @@ class Admission:
         group = self.group
         if self.closed:
             raise Unavailable(self.closed, retry_after=RETRY_AFTER)
-        if not group.healthy(exclude):
-            raise Unavailable(self.none_healthy(exclude), retry_after=RETRY_AFTER)
-        backend = group.pick(model, exclude)
+        backend = group.pick(model, exclude)  # only healthy backends have a free slot
         if backend is not None:
             backend.take(model)
             return backend
+        if not group.healthy(exclude):
+            raise Unavailable(self.none_healthy(exclude), retry_after=RETRY_AFTER)
         limit = group.settings.queue_size
         if self.waiting >= limit:
             raise Unavailable(

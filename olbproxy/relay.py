@@ -369,7 +369,6 @@ class Relay:
         if splice:
             # A spliced stream needs a body without chunk framing: HTTP/1.0 (splice.py).
             headers[SPLICE_HEADER] = "1"
-            headers["Connection"] = "close"  # else aiohttp asks HTTP/1.0 for keep-alive
         try:
             # Ollama sends its headers with the first token (or, for stream:false, with
             # the whole answer), so waiting for headers is waiting for the first byte.

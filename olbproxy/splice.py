@@ -183,4 +183,7 @@ class SpliceRequest(aiohttp.ClientRequest):
         if headers is not None and SPLICE_HEADER in headers:
             del headers[SPLICE_HEADER]
             kwargs["version"] = aiohttp.HttpVersion10
+            # Else aiohttp asks an HTTP/1.0 server for keep-alive, and a body that ends
+            # at the close must not be kept open.
+            headers["Connection"] = "close"
         super().__init__(method, url, **kwargs)

@@ -98,12 +98,16 @@ def _message(doc: Document) -> Message:
     return Message(id=str(doc["_id"]), **values)
 
 
-class MongoRooms:
+class _Collection:
+    """One collection, its call deadline, and whether its indexes exist yet."""
+
     def __init__(self, collection: AsyncCollection[Document], seconds: float) -> None:
         self.collection = collection
         self.seconds = seconds
         self.indexed = False
 
+
+class MongoRooms(_Collection):
     async def ensure_indexes(self) -> None:
         with bounded(self.seconds):
             await self.collection.create_index(
@@ -170,12 +174,7 @@ class MongoRooms:
         return result.deleted_count > 0
 
 
-class MongoMessages:
-    def __init__(self, collection: AsyncCollection[Document], seconds: float) -> None:
-        self.collection = collection
-        self.seconds = seconds
-        self.indexed = False
-
+class MongoMessages(_Collection):
     async def ensure_indexes(self) -> None:
         with bounded(self.seconds):
             await self.collection.create_index(
