@@ -18,12 +18,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from olbproxy.auth.principal import OPEN, PRINCIPAL, Principal
 from olbproxy.body import check_limits, is_load_request, model_of, read_json, wants_stream
 from olbproxy.catalog import Catalog
 from olbproxy.errors import MethodNotAllowed, ProxyError, Unavailable, UpstreamError
 from olbproxy.exchange import EXCHANGE, Exchange, final_counters
 from olbproxy.pool import FixedPlacement, Group, Pool, RotatePlacement, SlotPlacement
-from olbproxy.principal import OPEN, PRINCIPAL, Principal
 from olbproxy.relay import Deadlines, Relay
 from olbproxy.routing import Router, normalise_model
 from olbproxy.settings import GroupSettings, Settings

@@ -18,16 +18,16 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from olbproxy.api import OllamaApi
-from olbproxy.auth import Authenticator
+from olbproxy.auth.authenticator import Authenticator
 from olbproxy.catalog import Catalog
 from olbproxy.errors import ProxyError, render
 from olbproxy.health import HealthChecker
 from olbproxy.management import ModelManagement
 from olbproxy.metrics import Metrics
+from olbproxy.persistence.recorder import Recorder
+from olbproxy.persistence.rooms import RoomsApi
 from olbproxy.pool import Backend, Pool
-from olbproxy.recorder import Recorder
 from olbproxy.relay import Relay
-from olbproxy.rooms import RoomsApi
 from olbproxy.routing import Router
 from olbproxy.settings import Settings
 from olbproxy.splice import SpliceRequest

@@ -2,31 +2,23 @@
 loaded models and the persistence backlog.
 
 ``GET /api/olbproxy/status`` answers admins with JSON (``Status``); ``olbproxy status``
-asks a running proxy for it and prints a table (``register`` adds the command).
+(cli/status.py) asks a running proxy for it and prints a table.
 Loaded models come from each backend's ``/api/ps``, fetched for every status request
 through the catalog, which keeps them on ``Backend.loaded``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
-from olbproxy import config
 from olbproxy.api import method_table, principal_of
 from olbproxy.catalog import Catalog
 from olbproxy.errors import Forbidden
 from olbproxy.metrics import Backlog
 from olbproxy.pool import Backend, Pool
-from olbproxy.settings import Settings
 
 PATH = "/api/olbproxy/status"
 
@@ -95,86 +87,3 @@ class Status:
             "checked_at": backend.checked_at,
             "errors": dict(sorted(errors.items())),
         }
-
-
-# -- the command line ---------------------------------------------------------------
-
-
-def render(status: Mapping[str, Any]) -> str:
-    """The status as a table: one line per group, then one per backend of it."""
-    header: tuple[str, ...] = ("GROUP", "BACKEND", "HEALTH", "IN-FLIGHT", "QUEUE", "LOADED")
-    rows: list[tuple[tuple[str, ...], str | None]] = [(header, None)]
-    for group in status.get("groups", []):
-        up = f"{group['healthy']}/{len(group['backends'])} up"
-        in_flight = f"{group['in_flight']}/{group['slots']}"
-        queue = f"{group['waiting']}/{group['queue_size']}"
-        rows.append(((group["name"], "", up, in_flight, queue, ", ".join(group["models"])), None))
-        for b in group["backends"]:
-            health = " ".join(filter(None, ("up" if b["healthy"] else "DOWN", b["version"])))
-            loaded = ", ".join(b["loaded"]) or "-"
-            line = ("", b["label"], health, f"{b['in_flight']}/{b['slots']}", "", loaded)
-            rows.append((line, b["last_error"]))
-    widths = [max(len(row[i]) for row, _ in rows) for i in range(len(header))]
-    lines = []
-    for row, last_error in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        if last_error:
-            lines.append(" " * (widths[0] + 2) + f"last error: {last_error}")
-    backlog = status.get("persistence")
-    if backlog is None:
-        lines.append("persistence backlog: not reported (no recorder)")
-    else:
-        parts = ", ".join(f"{stage} {count:g}" for stage, count in backlog.items()) or "empty"
-        lines.append(f"persistence backlog: {parts}")
-    return "\n".join(lines)
-
-
-def default_url(settings: Settings) -> str:
-    host = settings.listen_host
-    if host in ("", "0.0.0.0", "::"):
-        host = "127.0.0.1"
-    elif ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{settings.listen_port}"
-
-
-def fetch(url: str, token: str | None, *, timeout: float = 30.0) -> dict[str, Any]:
-    request = urllib.request.Request(url.rstrip("/") + PATH, headers={"Accept": "application/json"})
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        data: dict[str, Any] = json.load(response)
-    return data
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    url = args.url or default_url(config.load(args.config))
-    token = args.token or os.environ.get("OLBPROXY_TOKEN")
-    try:
-        status = fetch(url, token)
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.loads(exc.read()).get("error", exc.reason)
-        except ValueError:
-            message = exc.reason
-        hint = " (pass an admin token: --token or OLBPROXY_TOKEN)" if exc.code in (401, 403) else ""
-        print(f"olbproxy status: {url} answered {exc.code}: {message}{hint}", file=sys.stderr)
-        return 1
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        print(f"olbproxy status: cannot reach {url}: {reason}", file=sys.stderr)
-        return 1
-    print(json.dumps(status, indent=2) if args.json else render(status))
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``olbproxy status`` to the command line."""
-    parser = subparsers.add_parser(
-        "status", help="print groups and backends of a running proxy (admin)"
-    )
-    parser.add_argument("--url", help="the proxy's base URL (default: from the config's listen)")
-    parser.add_argument("--config", default=None, help="YAML file (config/olbproxy.yaml)")
-    parser.add_argument("--token", help="an admin token (default: $OLBPROXY_TOKEN)")
-    parser.add_argument("--json", action="store_true", help="print the raw JSON")
-    parser.set_defaults(func=cmd_status)

@@ -10,9 +10,9 @@ from urllib.parse import urlsplit
 
 from conftest import Proxy, StartProxy, StartSims, group, make_settings
 
-from olbproxy.accounts import Accounts
 from olbproxy.app import AUTHENTICATOR, STORE
-from olbproxy.auth import Authenticator
+from olbproxy.auth.accounts import Accounts
+from olbproxy.auth.authenticator import Authenticator
 from olbproxy.settings import AuthSettings, Settings, StoreSettings
 from olbproxy.simulator import OllamaSimulator
 from olbproxy.store import Store

@@ -14,7 +14,7 @@ from conftest import StartProxy, StartSims
 from identity import CHAT, PASSWORD, Site, bearer, start_site
 from mongo import MongoServer
 
-from olbproxy import passwords
+from olbproxy.auth import passwords
 from olbproxy.store import User, new_id, now
 
 GENERIC = {"error": "invalid username or password"}

@@ -28,7 +28,7 @@ from identity import (
 
 from olbproxy.api import principal_of
 from olbproxy.app import API, AUTHENTICATOR, create_app
-from olbproxy.principal import Principal
+from olbproxy.auth.principal import Principal
 
 ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/api/tags", None),

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from olbproxy import config, launchd
-from olbproxy.launchd import Generator, LaunchdOptions
+from olbproxy import config
+from olbproxy.cli import launchd
+from olbproxy.cli.launchd import Generator, LaunchdOptions
 from olbproxy.settings import GroupSettings, Settings
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,7 +20,7 @@ from identity import CHAT, Site, bearer, site_settings, start_site
 from prometheus_client.parser import text_string_to_metric_families
 
 from olbproxy.app import METRICS, create_app
-from olbproxy.principal import PRINCIPAL, Principal
+from olbproxy.auth.principal import PRINCIPAL, Principal
 from olbproxy.settings import MetricsSettings, Settings
 from olbproxy.simulator import OllamaSimulator
 

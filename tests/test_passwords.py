@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bcrypt
 
-from olbproxy import passwords
+from olbproxy.auth import passwords
 
 KOREAN_100_BYTES = "가나다라마바사아자차카타파하" * 2 + "가나다라마바"  # 34 syllables, 102 bytes
 

@@ -6,9 +6,9 @@ import json
 import time
 from typing import Any
 
-from olbproxy.conversation import answered, history
 from olbproxy.exchange import Exchange
-from olbproxy.record import Record, record_of
+from olbproxy.persistence.history import answered, history
+from olbproxy.persistence.record import Record, record_of
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 

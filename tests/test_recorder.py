@@ -19,8 +19,8 @@ from mongo import MongoServer
 
 from olbproxy.app import RECORDER, create_app
 from olbproxy.exchange import Exchange
-from olbproxy.record import record_of
-from olbproxy.recorder import Recorder
+from olbproxy.persistence.record import record_of
+from olbproxy.persistence.recorder import Recorder
 from olbproxy.settings import Settings
 from olbproxy.simulator import OllamaSimulator
 from olbproxy.store import Message, Room, Store, open_store
@@ -292,7 +292,7 @@ async def test_conversations_go_on_while_mongodb_is_down_and_all_land_exactly_on
     reader: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="olbproxy.recorder")
+    caplog.set_level(logging.INFO, logger="olbproxy.persistence.recorder")
     sims = await start_sims(1, tokens_per_second=0)
     uri = own_mongo.uri.replace("/?", "/faults?")
     spool = tmp_path / "spool"

@@ -11,7 +11,7 @@ from conftest import StartProxy, StartSims, group, make_settings, until
 from identity import PASSWORD, Site, bearer, start_site
 
 from olbproxy.app import RECORDER
-from olbproxy.recorder import Recorder
+from olbproxy.persistence.recorder import Recorder
 
 MODEL = "gpt-oss:20b"
 
@@ -167,7 +167,7 @@ async def test_a_named_room_is_opened_for_its_caller_and_refused_to_others(site:
     before = chats_seen(site)
     status, _ = await chat(site, lee, "let me in", **{"X-Room-Id": "trip-2026"})
     assert status == 403  # the owner was known in memory
-    recorder_of(site).threads.forget("trip-2026")  # as after a restart: ask the database
+    recorder_of(site).filing.forget("trip-2026")  # as after a restart: ask the database
     status, _ = await chat(site, lee, "let me in", **{"X-Room-Id": "trip-2026"})
     assert status == 403
     assert chats_seen(site) == before  # no backend saw either request

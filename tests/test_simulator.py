@@ -19,7 +19,7 @@ import ollama
 import pytest
 
 from olbproxy.simulator import DEFAULT_MODELS, OllamaSimulator, SimulatedModel
-from olbproxy.simulator_wire import FOREVER, Rejected, allowed_host, keep_alive_seconds
+from olbproxy.simulator.wire import FOREVER, Rejected, allowed_host, keep_alive_seconds
 
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
 BUSY = "server busy, please try again.  maximum pending requests exceeded"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from olbproxy import spool as spool_module
 from olbproxy.errors import ConfigError
-from olbproxy.spool import Spool
+from olbproxy.persistence import spool as spool_module
+from olbproxy.persistence.spool import Spool
 
 
 def lines(*numbers: int) -> list[bytes]:

@@ -14,9 +14,9 @@ from aiohttp.typedefs import Handler
 from conftest import Proxy, StartProxy, StartSims, group, make_settings
 from identity import bearer, start_site
 
-from olbproxy import status
 from olbproxy.app import HEALTH, POOL, STATUS, create_app
-from olbproxy.principal import PRINCIPAL, Principal
+from olbproxy.auth.principal import PRINCIPAL, Principal
+from olbproxy.cli import status
 from olbproxy.simulator import OllamaSimulator
 
 Seed = tuple[Proxy, list[OllamaSimulator], list[OllamaSimulator]]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from olbproxy.auth.throttle import Throttle
 from olbproxy.errors import TooManyRequests
-from olbproxy.throttle import Throttle
 
 
 class Clock:

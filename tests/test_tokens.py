@@ -13,8 +13,8 @@ import jwt
 import pytest
 from identity import SECRET, auth_settings
 
+from olbproxy.auth.tokens import Claims, Tokens, key_id_of, key_matches, new_api_key
 from olbproxy.store import User
-from olbproxy.tokens import Claims, Tokens, key_id_of, key_matches, new_api_key
 
 USER = User(id="a" * 24, username="kim", username_key="kim", role="user")
 

@@ -3,7 +3,7 @@
     Store                      the whole persistence layer, opened by ``open_store``
     ├── users: Users           accounts (username, password hash, role, groups)
     ├── keys: Keys             API keys (hashed; revocable)
-    ├── rooms: Rooms           conversations, one per thread of turns (recorder.py, rooms.py)
+    ├── rooms: Rooms           conversations: consecutive turns of one user (persistence/)
     └── messages: Messages     one per recorded exchange: a turn, a background task, a generate
 
 ``store/mongo.py`` (pymongo's ``AsyncMongoClient``; the only module that imports
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TypedDict
 
+from olbproxy.auth.principal import Role
 from olbproxy.errors import ConfigError
-from olbproxy.principal import Role
 from olbproxy.settings import Settings
 
 
@@ -89,7 +89,7 @@ MessageStatus = Literal["done", "cancelled", "error"]
 
 @dataclass(frozen=True, slots=True)
 class Room:
-    """A conversation: consecutive turns of one user, titled from its first message."""
+    """A room (a conversation): consecutive turns of one user, titled from its first message."""
 
     id: str
     user_id: str
@@ -134,7 +134,7 @@ class Message:
     duration_ms: float | None = None
     http_status: int | None = None
     error: str | None = None
-    prefix_hash: str | None = None  # the history before the new input (conversation.py)
+    prefix_hash: str | None = None  # the history before the new input (history.py)
     full_hash: str | None = None  # the history with the answer: what the next turn continues
     truncated: tuple[str, ...] = ()  # fields cut to fit a MongoDB document
 

@@ -90,7 +90,7 @@ class MemoryKeys:
         return True
 
 
-_EPOCH = datetime.min.replace(tzinfo=UTC)
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
 MESSAGES_KEPT = 100_000
 
 
@@ -137,7 +137,7 @@ class MemoryRooms:
 
 
 def _room_mark(room: Room) -> Mark:
-    return (room.updated_at or _EPOCH, room.id)
+    return (room.updated_at or _EARLIEST, room.id)
 
 
 class MemoryMessages:

@@ -1,4 +1,4 @@
-"""MongoDB rooms and messages: the conversation half of the MongoDB store (mongo.py).
+"""MongoDB rooms and messages: the rooms half of the MongoDB store (mongo.py).
 
 Writes are batched by the recorder; every read and write runs under one client-side
 deadline (``store.timeout``), so a server that accepts connections but never answers
@@ -30,7 +30,7 @@ _DUPLICATE_KEY = 11000
 
 @contextlib.contextmanager
 def bounded(seconds: float) -> Iterator[None]:
-    """One deadline for a conversation read or write. An outage (or the deadline) becomes
+    """One deadline for a room or message read or write. An outage (or the deadline) becomes
     ``Unavailable``; a database that answers but refuses becomes a plain ``ProxyError``."""
     try:
         with pymongo.timeout(seconds):

@@ -1,4 +1,4 @@
-"""Threads: which room each record goes to, and in which position.
+"""Filing: which room each record goes to, and in which position.
 
 Resolved in the recorder's writer, off the request path, one record after another in
 the order the exchanges finished (turn N is always recorded before turn N+1 exists):
@@ -9,7 +9,7 @@ the order the exchanges finished (turn N is always recorded before turn N+1 exis
    used when it is the caller's, and opened under that id when it does not exist yet;
    someone else's room was refused by the preflight check, but when the database could
    not answer then, the record goes to a new room of the caller's instead (logged);
-3. otherwise the history hashes (conversation.py) find the turn this one continues,
+3. otherwise the history hashes (history.py) find the turn this one continues,
    first in memory, then in the database;
 4. otherwise a new room opens, its id the exchange id of its first record: replaying
    that record can only ever open the same room.
@@ -32,10 +32,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from olbproxy.record import Record, moment
+from olbproxy.persistence.record import Record, moment
 from olbproxy.store import Message, Room, RoomStep, Store
 
-log = logging.getLogger("olbproxy.threads")
+log = logging.getLogger("olbproxy.persistence.filing")
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -89,7 +89,7 @@ class Plan:
         self.steps[room_id] = RoomStep(room_id, seq, at)
 
 
-class Threads:
+class Filing:
     """Files records into rooms; remembers owners, turns and history heads it has seen."""
 
     def __init__(self, store: Store, *, cache_size: int = CACHE_SIZE) -> None:

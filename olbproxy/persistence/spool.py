@@ -38,7 +38,7 @@ from typing import IO, Any, TypeVar
 
 from olbproxy.errors import ConfigError
 
-log = logging.getLogger("olbproxy.spool")
+log = logging.getLogger("olbproxy.persistence.spool")
 
 T = TypeVar("T")
 

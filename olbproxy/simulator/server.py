@@ -1,48 +1,33 @@
-"""A stand-in for a real Ollama server: a real aiohttp server on a real socket.
+"""OllamaSimulator: a stand-in for a real Ollama server on a real socket.
 
 It speaks Ollama's wire format byte for byte (see ``/work/shared/ollama-api.md``): the native
 ``/api/*`` routes, the OpenAI and Anthropic compatibility layers under ``/v1``, gin's 404/405
 texts and the loopback ``Host`` check. Answers are deterministic and name the simulator and
 the prompt (``[sim] You said: hello``), paced at ``tokens_per_second`` after an optional cold
 load and first-token delay. Tests flip :class:`Faults` at run time and wait on
-:meth:`OllamaSimulator.wait_until` instead of sleeping.
-
-The proxy's integration tests run several instances in-process, ``olbproxy demo`` runs them
-on a machine without Ollama, and the benchmark runs them as a separate process::
-
-    python -m olbproxy.simulator --ports 11435,11436 --tps 40 --answer-tokens 200
-
-The routes live in ``simulator_library`` (model management), ``simulator_native``
-(generate, chat, embed), ``simulator_openai`` (``/v1`` chat, completions, embeddings,
-models), ``simulator_responses`` and ``simulator_anthropic``; the token pacing and fault
-injection they share in ``simulator_answer``, Go's wire habits in ``simulator_wire``.
+:meth:`OllamaSimulator.wait_until` instead of sleeping. The routes live in the sibling
+modules (see the package docstring).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
-import signal
-import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from olbproxy import (
-    simulator_anthropic,
-    simulator_library,
-    simulator_native,
-    simulator_openai,
-    simulator_responses,
-)
-from olbproxy.simulator_answer import Exchange, hold
-from olbproxy.simulator_wire import (
+from olbproxy.simulator import anthropic as simulator_anthropic
+from olbproxy.simulator import library as simulator_library
+from olbproxy.simulator import native as simulator_native
+from olbproxy.simulator import openai as simulator_openai
+from olbproxy.simulator import responses as simulator_responses
+from olbproxy.simulator.answer import ModelCall, hold
+from olbproxy.simulator.wire import (
     BUSY,
     DEFAULT_KEEP_ALIVE,
     Rejected,
@@ -380,8 +365,8 @@ class OllamaSimulator:
 
     # -- model requests ---------------------------------------------------------------
 
-    def exchange(self) -> Exchange:
-        return Exchange(self)
+    def model_call(self) -> ModelCall:
+        return ModelCall(self)
 
     async def admit(self) -> tuple[int, str] | None:
         """Faults that strike before anything else: ``(status, message)`` to answer with."""
@@ -441,83 +426,3 @@ class OllamaSimulator:
 
 def _plain(status: int, body: bytes) -> web.Response:
     return web.Response(status=status, body=body, headers={"Content-Type": "text/plain"})
-
-
-# -- command line ---------------------------------------------------------------------
-
-
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m olbproxy.simulator",
-        description="Serve simulated Ollama backends until SIGINT/SIGTERM.",
-    )
-    parser.add_argument("--ports", default="11435", help="comma-separated ports, one per backend")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--tps", type=float, default=50.0, help="tokens per second (0: no pacing)")
-    parser.add_argument("--answer-tokens", type=int, default=12)
-    parser.add_argument("--first-token-delay", type=float, default=0.0, help="seconds")
-    parser.add_argument("--cold-load-delay", type=float, default=0.0, help="seconds")
-    parser.add_argument("--name-prefix", default="sim", help="backend names are PREFIX-PORT")
-    parser.add_argument("--version", default="0.12.6", help="what /api/version reports")
-    parser.add_argument("--any-host", action="store_true", help="skip the Host header check")
-    parser.add_argument("--record", action="store_true", help="keep every request in memory")
-    return parser.parse_args(argv)
-
-
-async def _serve(args: argparse.Namespace) -> None:
-    ports = [int(p) for p in str(args.ports).split(",") if p.strip()]
-    sims = []
-    for port in ports:
-        sim = OllamaSimulator(
-            name=f"{args.name_prefix}-{port}",
-            tokens_per_second=args.tps,
-            first_token_delay=args.first_token_delay,
-            cold_load_delay=args.cold_load_delay,
-            answer_tokens=args.answer_tokens,
-            version=args.version,
-            enforce_host=not args.any_host,
-        )
-        sim.record_requests = args.record
-        sims.append(sim)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):  # Windows
-            loop.add_signal_handler(signum, stop.set)
-    try:
-        for sim, port in zip(sims, ports, strict=True):
-            url = await sim.start(args.host, port)
-            print(f"listening {url}", flush=True)
-        await stop.wait()
-    finally:
-        for sim in sims:
-            await sim.stop()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse_args(argv)
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        pass
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_serve(args))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
-__all__ = [
-    "DEFAULT_MODELS",
-    "Faults",
-    "OllamaSimulator",
-    "RecordedRequest",
-    "SimulatedModel",
-    "SimulatorStats",
-    "main",
-]

@@ -7,7 +7,7 @@ import unicodedata
 
 import pytest
 
-from olbproxy.conversation import (
+from olbproxy.persistence.history import (
     answered,
     context_hash,
     first_user_text,

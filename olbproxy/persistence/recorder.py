@@ -13,7 +13,7 @@
   to a deque. Nothing on the request path waits for MongoDB or the disk.
 * The writer takes up to ``store.batch_size`` exchanges (lingering ~50 ms for a batch to
   gather), builds their records (record.py: the chunks are parsed here, once), files
-  them into rooms (threads.py) and writes them with three bulk operations.
+  them into rooms (filing.py) and writes them with three bulk operations.
 * When a write fails, or the queue is full, the recorder starts *spooling*: what is
   still in memory goes to the spill, oldest first, then to the spool file, and so does
   every new record until the spool is empty again. Records thus reach MongoDB in the
@@ -41,16 +41,16 @@ from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
 
-from olbproxy.conversation import RECORDED
 from olbproxy.errors import ProxyError, Unavailable
 from olbproxy.exchange import Exchange
-from olbproxy.record import Record, record_of
+from olbproxy.persistence.filing import Filing
+from olbproxy.persistence.history import RECORDED
+from olbproxy.persistence.record import Record, record_of
+from olbproxy.persistence.spool import Spool
 from olbproxy.settings import StoreSettings
-from olbproxy.spool import Spool
 from olbproxy.store import Store
-from olbproxy.threads import Threads
 
-log = logging.getLogger("olbproxy.recorder")
+log = logging.getLogger("olbproxy.persistence.recorder")
 
 LINGER = 0.05  # seconds a partial batch waits for company
 BACKOFF = (0.25, 10.0)  # seconds between pings of an unreachable MongoDB: first, most
@@ -67,12 +67,12 @@ class Recorder:
         settings: StoreSettings,
         store: Store,
         *,
-        threads: Threads | None = None,
+        filing: Filing | None = None,
         spool: Spool | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.threads = threads or Threads(store)
+        self.filing = filing or Filing(store)
         # The memory store never fails; its spool (queue overflow only) stays in memory.
         self.spool = spool or Spool(None if settings.backend == "memory" else settings.spool_dir)
         self.linger = LINGER
@@ -247,7 +247,7 @@ class Recorder:
             self._progress.set()
 
     async def _write(self, records: Sequence[Record], *, replay: bool) -> None:
-        plan = await self.threads.plan(records, replay=replay)
+        plan = await self.filing.plan(records, replay=replay)
         # A room opened by this batch is inserted with its progress already in it, so
         # only rooms that existed before need a second write (most conversations in a
         # batch are new: one insert per room instead of an upsert and an update).
@@ -262,7 +262,7 @@ class Recorder:
         await self.store.messages.add(plan.messages)
         fresh = {room.id for room in rooms} - taken
         await self.store.rooms.advance([s for room_id, s in steps.items() if room_id not in fresh])
-        self.threads.commit(plan)
+        self.filing.commit(plan)
 
     def _record(self, item: Item) -> Record | None:
         if isinstance(item, Record):

@@ -4,7 +4,7 @@
 chunks once (``exchange.assemble``), classifies the exchange (a turn, an Open WebUI
 background task, a generate), hashes its history and drops the chunks. A record holds
 everything its message and room documents need except where it goes (room and seq),
-which is decided when it is written (threads.py), so a record spooled during an outage
+which is decided when it is written (filing.py), so a record spooled during an outage
 is filed exactly as it would have been, only later. Its id is the exchange id, given
 when the request started: writing a record twice leaves one message.
 """
@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from olbproxy.conversation import (
+from olbproxy.exchange import Exchange, assemble
+from olbproxy.persistence.history import (
     CHAT_ENDPOINTS,
     GENERATE,
     answered,
@@ -29,7 +30,6 @@ from olbproxy.conversation import (
     task_of,
     title_of,
 )
-from olbproxy.exchange import Exchange, assemble
 from olbproxy.store import AnswerText, Message, MessageKind, MessageStatus, Room
 
 FORMAT = 1

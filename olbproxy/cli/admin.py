@@ -1,9 +1,9 @@
-"""Command line: ``olbproxy serve | check-config | demo`` and the admin commands.
+"""The admin commands: ``olbproxy user | key | token``.
 
-Admin commands (``user``, ``key``, ``token``) work on the store the config names
-(MongoDB), so they run beside a serving proxy, which sees their changes within
-``auth.cache_seconds``. Passwords never come from argv (it shows in ``ps`` and shell
-history): from a prompt on a terminal, else one line of stdin.
+They work on the store the config names (MongoDB), so they run beside a serving proxy,
+which sees their changes within ``auth.cache_seconds``. Passwords never come from argv
+(it shows in ``ps`` and shell history): from a prompt on a terminal, else one line of
+stdin.
 """
 
 from __future__ import annotations
@@ -11,90 +11,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import logging
-import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from olbproxy import config, launchd, status
+from olbproxy import config
 from olbproxy.errors import BadRequest, ConfigError, ProxyError
-from olbproxy.routing import Router
 from olbproxy.settings import Settings
 
 if TYPE_CHECKING:  # the admin commands load these when they run
-    from olbproxy.accounts import Accounts
-    from olbproxy.principal import Role
+    from olbproxy.auth.accounts import Accounts
+    from olbproxy.auth.principal import Role
     from olbproxy.store import Store
 
 Operation = Callable[["Accounts", "Store", Settings], Awaitable[int]]
-
-
-def default_config_path() -> Path:
-    if env := os.environ.get("OLBPROXY_CONFIG"):
-        return Path(env)
-    local = Path("config/olbproxy.yaml")
-    return local if local.is_file() else config.DEFAULT_CONFIG
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
-def routing_table(settings: Settings) -> str:
-    lines = [f"listen {settings.listen_host}:{settings.listen_port}"]
-    for group in settings.groups:
-        lines.append(
-            f"group {group.name}: models {', '.join(group.models)}"
-            f"{'  (catch-all)' if group.catch_all else ''}"
-        )
-        lines.append(
-            f"  {group.slots} slot(s) per instance, queue {group.queue_size} "
-            f"(wait up to {group.queue_timeout:g}s), first byte {group.first_byte_timeout:g}s, "
-            f"idle {group.idle_timeout:g}s, model store {group.model_store}"
-        )
-        lines.extend(f"  -> {url}" for url in group.endpoints)
-    if not any(g.catch_all for g in settings.groups):
-        lines.append("models no group lists: 404 model not found (add a group with models: ['*'])")
-    return "\n".join(lines)
-
-
-def cmd_check_config(args: argparse.Namespace) -> int:
-    settings = config.load(args.path)
-    print(f"{settings.source}: OK")
-    print(routing_table(settings))
-    for note in settings.notices:
-        print(f"notice: {note}")
-    for warning in Router(settings.groups).overlaps():
-        print(f"warning: {warning}")
-    return 0
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from olbproxy.server import run, serve
-
-    settings = config.load(args.config)
-    if settings.auth.enabled:
-        config.check_secret(settings)
-    setup_logging(settings.log_level)
-    run(lambda: serve(settings))
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from olbproxy.demo import run_demo
-
-    setup_logging("INFO")
-    return run_demo(port=args.port, host=args.host)
-
-
-# -- admin commands -------------------------------------------------------------------
 
 
 def read_password(prompt: str, stdin: TextIO | None = None) -> str:
@@ -112,9 +44,9 @@ def admin(operation: Operation) -> Callable[[argparse.Namespace], int]:
     """Run ``operation`` against the store the config names; errors become one line."""
 
     def command(args: argparse.Namespace) -> int:
-        from olbproxy.accounts import Accounts
+        from olbproxy.auth.accounts import Accounts
+        from olbproxy.auth.tokens import Tokens
         from olbproxy.store import open_store
-        from olbproxy.tokens import Tokens
 
         settings = config.load(args.config)
         if settings.store.backend == "memory":
@@ -151,7 +83,7 @@ def _groups(groups: frozenset[str] | None) -> str:
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
-    from olbproxy.accounts import parse_groups
+    from olbproxy.auth.accounts import parse_groups
 
     async def op(accounts: Accounts, store: Store, settings: Settings) -> int:
         password = read_password(f"Password for {args.name}: ")
@@ -229,7 +161,7 @@ def cmd_user_import(args: argparse.Namespace) -> int:
 
 
 def cmd_key_create(args: argparse.Namespace) -> int:
-    from olbproxy.accounts import parse_groups
+    from olbproxy.auth.accounts import parse_groups
 
     async def op(accounts: Accounts, store: Store, settings: Settings) -> int:
         record, key = await accounts.create_key(
@@ -289,7 +221,7 @@ def cmd_token_issue(args: argparse.Namespace) -> int:
     return admin(op)(args)
 
 
-def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, default=None, help="YAML file (as for serve)")
 
@@ -343,45 +275,3 @@ def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     issue.add_argument("name")
     issue.add_argument("--ttl", type=float, default=None, help="seconds (default: auth.token_ttl)")
     issue.set_defaults(func=cmd_token_issue)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="olbproxy", description="Ollama-compatible load-balancing reverse proxy"
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    serve = sub.add_parser("serve", help="run the proxy")
-    serve.add_argument("--config", type=Path, default=None, help="YAML file (config/olbproxy.yaml)")
-    serve.set_defaults(func=cmd_serve)
-
-    check = sub.add_parser("check-config", help="validate a config and print the routing table")
-    check.add_argument("path", type=Path)
-    check.set_defaults(func=cmd_check_config)
-
-    demo = sub.add_parser("demo", help="run the proxy in front of simulated Ollama backends")
-    demo.add_argument("--port", type=int, default=11434)
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.set_defaults(func=cmd_demo)
-    _admin_parsers(sub)
-    status.register(sub)
-    launchd.register(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "config", "unset") is None:
-        args.config = default_config_path()
-    try:
-        code: int = args.func(args)
-    except ConfigError as exc:
-        print(f"olbproxy: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return code
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """What a simulated model answers, and how the answer reaches the client.
 
-An :class:`Answer` is decided before the first token: a deterministic list of steps
+A :class:`Reply` is decided before the first token: a deterministic list of steps
 (thinking tokens, content tokens or one tool call), each token already JSON-encoded so a
 chunk costs a few byte concatenations. :func:`deliver` then plays it like Ollama does: the
 ``busy``/``fail_before``/``hang`` faults, the (cold) model load, the first-token delay, then
@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from aiohttp import web
 
-from olbproxy.simulator_wire import RUNNER_STOPPED, go_json
+from olbproxy.simulator.wire import RUNNER_STOPPED, go_json
 
 if TYPE_CHECKING:
-    from olbproxy.simulator import OllamaSimulator, SimulatedModel
+    from olbproxy.simulator.server import OllamaSimulator, SimulatedModel
 
 THINKING, CONTENT, TOOL = 0, 1, 2
 THINKING_TOKENS = 3
@@ -49,7 +49,7 @@ class ToolCall:
 
 
 @dataclass(slots=True)
-class Answer:
+class Reply:
     """The whole answer, decided up front; ``steps`` are (kind, JSON-encoded token)."""
 
     steps: list[tuple[int, bytes]]
@@ -87,7 +87,7 @@ def compose(
     options: object = None,
     think: bool | str | None = None,
     tools: list[Any] | None = None,
-) -> Answer:
+) -> Reply:
     """Words of ``[name] You said: <said>`` cycled to the answer length, one per token."""
     steps: list[tuple[int, bytes]] = []
     thinking = ""
@@ -99,7 +99,7 @@ def compose(
         digest = hashlib.sha256(f"{sim_name}|{said}".encode()).hexdigest()
         call = ToolCall(f"call_{digest[:8]}", _first_tool_name(tools), {"query": said[5:].strip()})
         steps.append((TOOL, b""))
-        return Answer(steps, thinking, "", call, "stop", prompt_eval_count)
+        return Reply(steps, thinking, "", call, "stop", prompt_eval_count)
     limit = _num_predict(options)
     count = answer_tokens if limit is None else min(limit, answer_tokens)
     vocabulary = f"[{sim_name}] You said: {said}".split()
@@ -108,7 +108,7 @@ def compose(
     steps.extend((CONTENT, encoded[word]) for word in chosen)
     content = "".join(word + " " for word in chosen)
     done_reason = "length" if limit is not None and limit < answer_tokens else "stop"
-    return Answer(steps, thinking, content, None, done_reason, prompt_eval_count)
+    return Reply(steps, thinking, content, None, done_reason, prompt_eval_count)
 
 
 def context_tokens(text: str) -> list[int]:
@@ -117,7 +117,7 @@ def context_tokens(text: str) -> list[int]:
 
 
 @dataclass(frozen=True, slots=True)
-class Metrics:
+class Timings:
     """The final chunk's counters; durations in nanoseconds, zeros omitted like Go."""
 
     total_duration: int
@@ -150,7 +150,7 @@ class Encoder(Protocol):
 
     def chunk(self, kind: int, token: bytes) -> bytes: ...
 
-    def closing(self, metrics: Metrics) -> bytes: ...
+    def closing(self, metrics: Timings) -> bytes: ...
 
     def stream_error(self, message: str) -> bytes:
         """The failure after the first byte: status 200 already went out."""
@@ -160,7 +160,7 @@ class Encoder(Protocol):
         """The failure before the first byte, with a real status."""
         ...
 
-    def whole(self, metrics: Metrics) -> web.StreamResponse:
+    def whole(self, metrics: Timings) -> web.StreamResponse:
         """The non-streamed answer."""
         ...
 
@@ -168,7 +168,7 @@ class Encoder(Protocol):
 Outcome = Literal["completed", "cancelled", "dropped"]
 
 
-class Exchange:
+class ModelCall:
     """One model request from admission to its last byte, as seen by the stats."""
 
     __slots__ = ("_sim", "outcome", "tokens")
@@ -178,7 +178,7 @@ class Exchange:
         self.outcome: Outcome | None = None
         self.tokens = 0
 
-    def __enter__(self) -> Exchange:
+    def __enter__(self) -> ModelCall:
         stats = self._sim.stats
         stats.active += 1
         stats.max_active = max(stats.max_active, stats.active)
@@ -221,10 +221,10 @@ class _Timing:
     loaded_ns: int = 0  # the model became available
     first_ns: int = 0  # the first token was due
 
-    def metrics(self, answer: Answer, tokens: int) -> Metrics:
+    def metrics(self, answer: Reply, tokens: int) -> Timings:
         now = time.perf_counter_ns()
         # max(1, ...): a zero would vanish from the JSON (omitempty) and surprise clients.
-        return Metrics(
+        return Timings(
             total_duration=max(1, now - self.started_ns),
             load_duration=max(1, self.loaded_ns - self.started_ns),
             prompt_eval_count=answer.prompt_eval_count,
@@ -252,15 +252,15 @@ async def deliver(
     sim: OllamaSimulator,
     request: web.Request,
     model: SimulatedModel,
-    answer: Answer,
+    answer: Reply,
     encoder: Encoder,
     *,
     stream: bool,
     keep_alive: float | None,
     started_ns: int,
 ) -> web.StreamResponse:
-    """Answer a model request that passed validation; see the module docstring."""
-    with sim.exchange() as exchange:
+    """Reply a model request that passed validation; see the module docstring."""
+    with sim.model_call() as exchange:
         refusal = await sim.admit()
         if refusal is not None:
             return encoder.rejection(*refusal, streaming=False)
@@ -280,8 +280,8 @@ async def deliver(
 async def _stream(
     sim: OllamaSimulator,
     request: web.Request,
-    exchange: Exchange,
-    answer: Answer,
+    exchange: ModelCall,
+    answer: Reply,
     encoder: Encoder,
     timing: _Timing,
     cutoff: tuple[int | None, str],
@@ -338,8 +338,8 @@ async def _stream(
 async def _whole(
     sim: OllamaSimulator,
     request: web.Request,
-    exchange: Exchange,
-    answer: Answer,
+    exchange: ModelCall,
+    answer: Reply,
     encoder: Encoder,
     timing: _Timing,
     cutoff: tuple[int | None, str],
@@ -364,7 +364,7 @@ async def _whole(
 
 
 def _drop(
-    request: web.Request, exchange: Exchange, response: web.StreamResponse | None
+    request: web.Request, exchange: ModelCall, response: web.StreamResponse | None
 ) -> web.StreamResponse:
     """Abort the connection like a crashed process: no terminating chunk, no answer."""
     exchange.outcome = "dropped"

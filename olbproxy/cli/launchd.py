@@ -205,7 +205,7 @@ class Generator:
             "LOG_DIR": self.portable(options.log_dir),
         }
         # The script's template is a file of its own (a shell script reads best as one).
-        script = resources.files("olbproxy").joinpath("launchd_install.sh.in").read_text()
+        script = resources.files("olbproxy.cli").joinpath("launchd_install.sh.in").read_text()
         for key, value in values.items():
             script = script.replace("{{" + key + "}}", value)
         return script

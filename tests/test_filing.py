@@ -8,10 +8,10 @@ import logging
 
 import pytest
 
-from olbproxy.record import Record
+from olbproxy.persistence.filing import Filing
+from olbproxy.persistence.record import Record
 from olbproxy.store import Store
 from olbproxy.store.memory import MemoryStore
-from olbproxy.threads import Threads
 
 _ids = itertools.count(1)
 
@@ -36,14 +36,14 @@ def record(user: str = "u1", **kw: object) -> Record:
     return Record(**values)  # type: ignore[arg-type]
 
 
-async def write(threads: Threads, *records: Record, replay: bool = False) -> None:
+async def write(filing: Filing, *records: Record, replay: bool = False) -> None:
     """What the recorder's writer does with a batch."""
-    plan = await threads.plan(records, replay=replay)
-    store = threads.store
+    plan = await filing.plan(records, replay=replay)
+    store = filing.store
     await store.rooms.open(plan.rooms)
     await store.messages.add(plan.messages)
     await store.rooms.advance(list(plan.steps.values()))
-    threads.commit(plan)
+    filing.commit(plan)
 
 
 async def placed(store: Store, record_id: str) -> tuple[str | None, int | None]:
@@ -52,20 +52,20 @@ async def placed(store: Store, record_id: str) -> tuple[str | None, int | None]:
 
 
 @pytest.fixture
-def threads() -> Threads:
-    return Threads(MemoryStore())
+def filing() -> Filing:
+    return Filing(MemoryStore())
 
 
 async def test_turns_chain_into_one_room_and_a_new_history_opens_another(
-    threads: Threads,
+    filing: Filing,
 ) -> None:
     first = record()
     second = record(continues=[first.full_hash])
     third = record(continues=[second.full_hash, first.full_hash])
     other = record()
-    await write(threads, first, second)  # one batch
-    await write(threads, third, other)
-    store = threads.store
+    await write(filing, first, second)  # one batch
+    await write(filing, third, other)
+    store = filing.store
     assert [await placed(store, r.id) for r in (first, second, third)] == [
         (first.id, 1),
         (first.id, 2),
@@ -76,105 +76,105 @@ async def test_turns_chain_into_one_room_and_a_new_history_opens_another(
     assert room is not None and (room.turns, room.title) == (3, first.title)
 
 
-async def test_after_a_restart_the_database_finds_the_turn_continued(threads: Threads) -> None:
+async def test_after_a_restart_the_database_finds_the_turn_continued(filing: Filing) -> None:
     first = record()
-    await write(threads, first)
-    fresh = Threads(threads.store)  # empty caches, as after a restart
+    await write(filing, first)
+    fresh = Filing(filing.store)  # empty caches, as after a restart
     second = record(continues=["unknown", first.full_hash])
     await write(fresh, second)
-    assert await placed(threads.store, second.id) == (first.id, 2)
+    assert await placed(filing.store, second.id) == (first.id, 2)
 
 
-async def test_a_named_room_is_opened_for_its_caller_and_kept_for_them(threads: Threads) -> None:
+async def test_a_named_room_is_opened_for_its_caller_and_kept_for_them(filing: Filing) -> None:
     first = record(named_room="chat-1")
     second = record(named_room="chat-1", continues=["nothing"])
-    await write(threads, first)
-    await write(threads, second)
-    assert [await placed(threads.store, r.id) for r in (first, second)] == [
+    await write(filing, first)
+    await write(filing, second)
+    assert [await placed(filing.store, r.id) for r in (first, second)] == [
         ("chat-1", 1),
         ("chat-1", 2),
     ]
-    assert threads.owner("chat-1") == "u1"
+    assert filing.owner("chat-1") == "u1"
 
 
 async def test_someone_elses_room_gets_a_room_of_the_callers_own(
-    threads: Threads, caplog: pytest.LogCaptureFixture
+    filing: Filing, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await write(threads, record(named_room="shared"))
+    await write(filing, record(named_room="shared"))
     intruder = record(user="u2", named_room="shared")
-    with caplog.at_level(logging.WARNING, logger="olbproxy.threads"):
-        await write(threads, intruder)
-    assert await placed(threads.store, intruder.id) == (intruder.id, 1)
+    with caplog.at_level(logging.WARNING, logger="olbproxy.persistence.filing"):
+        await write(filing, intruder)
+    assert await placed(filing.store, intruder.id) == (intruder.id, 1)
     assert "of another user" in caplog.text
-    room = await threads.store.rooms.get("shared")
+    room = await filing.store.rooms.get("shared")
     assert room is not None and (room.user_id, room.turns) == ("u1", 1)
 
 
-async def test_a_history_of_another_user_is_not_continued(threads: Threads) -> None:
+async def test_a_history_of_another_user_is_not_continued(filing: Filing) -> None:
     first = record()
-    await write(threads, first)
+    await write(filing, first)
     theirs = record(user="u2", continues=[first.full_hash])
-    await write(threads, theirs)
-    assert await placed(threads.store, theirs.id) == (theirs.id, 1)
+    await write(filing, theirs)
+    assert await placed(filing.store, theirs.id) == (theirs.id, 1)
 
 
-async def test_tasks_link_to_their_room_but_never_open_one_or_count(threads: Threads) -> None:
+async def test_tasks_link_to_their_room_but_never_open_one_or_count(filing: Filing) -> None:
     turn = record(named_room="chat-9")
-    await write(threads, turn)
+    await write(filing, turn)
     title = record(kind="task", task="title", named_room="chat-9", opens_room=False)
     stray = record(kind="task", task="tags", opens_room=False)
-    await write(threads, title, stray)
-    assert await placed(threads.store, title.id) == ("chat-9", None)
-    assert await placed(threads.store, stray.id) == (None, None)
-    room = await threads.store.rooms.get("chat-9")
+    await write(filing, title, stray)
+    assert await placed(filing.store, title.id) == ("chat-9", None)
+    assert await placed(filing.store, stray.id) == (None, None)
+    room = await filing.store.rooms.get("chat-9")
     assert room is not None and room.turns == 1
 
 
-async def test_a_failed_first_turn_opens_no_room(threads: Threads) -> None:
+async def test_a_failed_first_turn_opens_no_room(filing: Filing) -> None:
     failed = record(status="error", opens_room=False, full_hash=None)
-    await write(threads, failed)
-    assert await placed(threads.store, failed.id) == (None, None)
-    assert await threads.store.rooms.list("u1", limit=5) == []
+    await write(filing, failed)
+    assert await placed(filing.store, failed.id) == (None, None)
+    assert await filing.store.rooms.list("u1", limit=5) == []
 
 
-async def test_a_deleted_room_is_not_resurrected_by_its_heads(threads: Threads) -> None:
+async def test_a_deleted_room_is_not_resurrected_by_its_heads(filing: Filing) -> None:
     first = record()
-    await write(threads, first)
-    await threads.store.messages.delete_room(first.id)
-    await threads.store.rooms.delete(first.id)
-    threads.forget(first.id)
+    await write(filing, first)
+    await filing.store.messages.delete_room(first.id)
+    await filing.store.rooms.delete(first.id)
+    filing.forget(first.id)
     again = record(continues=[first.full_hash])
-    await write(threads, again)
-    assert await placed(threads.store, again.id) == (again.id, 1)
+    await write(filing, again)
+    assert await placed(filing.store, again.id) == (again.id, 1)
 
 
-async def test_a_replay_of_written_records_changes_nothing(threads: Threads) -> None:
+async def test_a_replay_of_written_records_changes_nothing(filing: Filing) -> None:
     first = record()
     second = record(continues=[first.full_hash])
-    await write(threads, first, second)
-    fresh = Threads(threads.store)
+    await write(filing, first, second)
+    fresh = Filing(filing.store)
     third = record(continues=[second.full_hash])
     # The spool still held all three (say, a crash before its cursor moved).
     await write(fresh, first, second, third, replay=True)
-    assert [await placed(threads.store, r.id) for r in (first, second, third)] == [
+    assert [await placed(filing.store, r.id) for r in (first, second, third)] == [
         (first.id, 1),
         (first.id, 2),
         (first.id, 3),
     ]
-    room = await threads.store.rooms.get(first.id)
+    room = await filing.store.rooms.get(first.id)
     assert room is not None and room.turns == 3
 
 
-async def test_a_replay_repairs_progress_lost_between_two_writes(threads: Threads) -> None:
+async def test_a_replay_repairs_progress_lost_between_two_writes(filing: Filing) -> None:
     first = record()
-    plan = await threads.plan([first], replay=False)
+    plan = await filing.plan([first], replay=False)
     # The room and the message were written; the crash came before the room's progress.
-    await threads.store.rooms.open(plan.rooms)
-    await threads.store.messages.add(plan.messages)
-    fresh = Threads(threads.store)
+    await filing.store.rooms.open(plan.rooms)
+    await filing.store.messages.add(plan.messages)
+    fresh = Filing(filing.store)
     await write(fresh, first, replay=True)
-    room = await threads.store.rooms.get(first.id)
+    room = await filing.store.rooms.get(first.id)
     assert room is not None and room.turns == 1
     second = record(continues=[first.full_hash])
     await write(fresh, dataclasses.replace(second))
-    assert await placed(threads.store, second.id) == (first.id, 2)
+    assert await placed(filing.store, second.id) == (first.id, 2)

@@ -1,4 +1,4 @@
-"""Conversation: what one request says about the conversation it belongs to. Pure, no I/O.
+"""History: what one request says about the room it belongs to. Pure, no I/O.
 
 Ollama clients resend the whole history with every turn, so the history itself tells
 which earlier turn a request continues. Each message is reduced to a canonical form

@@ -14,7 +14,7 @@ named with ``X-Room-Id`` (or Open WebUI's chat id from a trusted front-end) must
 caller's or new. The owner comes from memory when known; otherwise from one point
 lookup bounded by ``OWNER_LOOKUP_SECONDS``. When the database cannot say (down, slow,
 or already known to be down), the request goes ahead: persistence never fails a
-stream, and the writer checks again when it files the record (threads.py).
+stream, and the writer checks again when it files the record (filing.py).
 """
 
 from __future__ import annotations
@@ -30,16 +30,16 @@ from typing import Any
 from aiohttp import web
 
 from olbproxy.api import method_table, principal_of
+from olbproxy.auth.principal import Principal
 from olbproxy.body import read_json
-from olbproxy.conversation import RECORDED
 from olbproxy.errors import BadRequest, Forbidden, NotFound, ProxyError
 from olbproxy.exchange import Exchange
-from olbproxy.principal import Principal
-from olbproxy.record import moment
-from olbproxy.recorder import Recorder
+from olbproxy.persistence.history import RECORDED
+from olbproxy.persistence.record import moment
+from olbproxy.persistence.recorder import Recorder
 from olbproxy.store import Mark, Message, MessageKind, Room, Store
 
-log = logging.getLogger("olbproxy.rooms")
+log = logging.getLogger("olbproxy.persistence.rooms")
 
 ROOM_HEADER = "X-Room-Id"
 ROOM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -48,7 +48,7 @@ TITLE_MAX = 200
 ROOMS_PAGE = (50, 200)  # default and largest ?limit=
 MESSAGES_PAGE = (100, 500)
 _BODY_LIMIT = 64 * 1024
-_EPOCH = datetime.fromtimestamp(0, UTC)
+_UNIX_EPOCH = datetime.fromtimestamp(0, UTC)
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -133,7 +133,7 @@ class RoomsApi:
     def __init__(self, store: Store, recorder: Recorder) -> None:
         self.store = store
         self.recorder = recorder
-        self.threads = recorder.threads
+        self.filing = recorder.filing
 
     def routes(self) -> list[web.RouteDef]:
         return method_table(
@@ -166,7 +166,7 @@ class RoomsApi:
         exchange.room_id = named
 
     async def _owner(self, room_id: str) -> str | None:
-        owner = self.threads.owner(room_id)
+        owner = self.filing.owner(room_id)
         if owner is not None or self.recorder.spooling:
             return owner  # known; or the database is known to be down: don't wait for it
         try:
@@ -177,7 +177,7 @@ class RoomsApi:
             return None
         if room is None:
             return None
-        self.threads.learn_owner(room.id, room.user_id)
+        self.filing.learn_owner(room.id, room.user_id)
         return room.user_id
 
     # -- HTTP -----------------------------------------------------------------------------
@@ -192,7 +192,7 @@ class RoomsApi:
         if len(rooms) > limit:
             rooms = rooms[:limit]
             last = rooms[-1]
-            following = encode_cursor((last.updated_at or _EPOCH, last.id))
+            following = encode_cursor((last.updated_at or _UNIX_EPOCH, last.id))
         return web.json_response({"rooms": [room_json(r) for r in rooms], "next_cursor": following})
 
     async def list_messages(self, request: web.Request) -> web.StreamResponse:
@@ -225,7 +225,7 @@ class RoomsApi:
             # never messages nobody can reach.
             await self.store.messages.delete_room(room.id)
             await self.store.rooms.delete(room.id)
-            self.threads.forget(room.id)
+            self.filing.forget(room.id)
             return web.Response(status=204)
         _, data = await read_json(request, _BODY_LIMIT)
         title = data.get("title")

@@ -2,10 +2,10 @@
 
 Ollama runs it as gin middleware that rewrites the request for the native handler and the
 native answer into OpenAI's shape (``openai/openai.go``, ``middleware/openai.go``); the
-simulator produces that shape directly from an :class:`Answer`. Streams are SSE frames
+simulator produces that shape directly from an :class:`Reply`. Streams are SSE frames
 ``data: {json}\n\n`` ending with ``data: [DONE]\n\n``; errors are
 ``{"error":{"message","type","param","code"}}``. The helpers here also serve
-``simulator_responses`` and ``simulator_anthropic``.
+``responses.py`` and ``anthropic.py``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from olbproxy import simulator_answer, simulator_library, simulator_native
-from olbproxy.simulator_answer import CONTENT, THINKING, Answer, Metrics, compose, words
-from olbproxy.simulator_native import base64_floats, message_words, said_in, thinks
-from olbproxy.simulator_wire import (
+from olbproxy.simulator import answer as simulator_answer
+from olbproxy.simulator import library as simulator_library
+from olbproxy.simulator import native as simulator_native
+from olbproxy.simulator.answer import CONTENT, THINKING, Reply, Timings, compose, words
+from olbproxy.simulator.native import base64_floats, message_words, said_in, thinks
+from olbproxy.simulator.wire import (
     JSON,
     JSON_UTF8,
     SSE,
@@ -33,7 +35,7 @@ from olbproxy.simulator_wire import (
 )
 
 if TYPE_CHECKING:
-    from olbproxy.simulator import OllamaSimulator, SimulatedModel
+    from olbproxy.simulator.server import OllamaSimulator, SimulatedModel
 
 Handler = Callable[[web.Request], Any]
 DONE = b"data: [DONE]\n\n"
@@ -115,7 +117,7 @@ def max_tokens_option(body: dict[str, Any], key: str) -> dict[str, Any] | None:
     return None
 
 
-def token_usage(metrics: Metrics) -> dict[str, int]:
+def token_usage(metrics: Timings) -> dict[str, int]:
     prompt, completion = metrics.prompt_eval_count, metrics.eval_count
     return {
         "prompt_tokens": prompt,
@@ -138,7 +140,7 @@ def chat_model(sim: OllamaSimulator, name: str, think: bool | str | None) -> Sim
     return model
 
 
-def _finish(answer: Answer) -> str:
+def _finish(answer: Reply) -> str:
     if answer.tool_call is not None and answer.done_reason == "stop":
         return "tool_calls"
     return answer.done_reason
@@ -149,7 +151,7 @@ class ChatCompletionEncoder:
 
     content_type = SSE
 
-    def __init__(self, model: str, answer: Answer, *, include_usage: bool) -> None:
+    def __init__(self, model: str, answer: Reply, *, include_usage: bool) -> None:
         self.model = model
         self.answer = answer
         self.include_usage = include_usage
@@ -185,7 +187,7 @@ class ChatCompletionEncoder:
             delta = b'"content":"","tool_calls":' + calls
         return b"".join((self._prefix, self._role_once(), delta, self._open))
 
-    def closing(self, metrics: Metrics) -> bytes:
+    def closing(self, metrics: Timings) -> bytes:
         frames = []
         if self._role:  # nothing went out yet: open with the role anyway
             frames.append(self._prefix + self._role_once() + b'"content":""' + self._open)
@@ -204,7 +206,7 @@ class ChatCompletionEncoder:
     def rejection(self, status: int, message: str, *, streaming: bool) -> web.StreamResponse:
         return openai_error(status, message)
 
-    def whole(self, metrics: Metrics) -> web.StreamResponse:
+    def whole(self, metrics: Timings) -> web.StreamResponse:
         answer = self.answer
         message: dict[str, Any] = {"role": "assistant", "content": answer.content}
         if answer.thinking:
@@ -229,7 +231,7 @@ class CompletionEncoder:
 
     content_type = SSE
 
-    def __init__(self, model: str, answer: Answer, *, include_usage: bool) -> None:
+    def __init__(self, model: str, answer: Reply, *, include_usage: bool) -> None:
         self.model = model
         self.answer = answer
         self.include_usage = include_usage
@@ -263,7 +265,7 @@ class CompletionEncoder:
     def chunk(self, kind: int, token: bytes) -> bytes:
         return self._frame(token if kind == CONTENT else b'""', b"null")
 
-    def closing(self, metrics: Metrics) -> bytes:
+    def closing(self, metrics: Timings) -> bytes:
         frames = [self._frame(b'""', go_json(self.answer.done_reason))]
         if self.include_usage:
             created = int(time.time())
@@ -287,7 +289,7 @@ class CompletionEncoder:
     def rejection(self, status: int, message: str, *, streaming: bool) -> web.StreamResponse:
         return openai_error(status, message)
 
-    def whole(self, metrics: Metrics) -> web.StreamResponse:
+    def whole(self, metrics: Timings) -> web.StreamResponse:
         choice = {"text": self.answer.content, "index": 0, "finish_reason": self.answer.done_reason}
         completion = {
             "id": self.id,
@@ -356,15 +358,15 @@ class Compatibility:
         stream = bool(body.get("stream"))
         if not prompt:
             # The native handler only loads the model; its "load" answer shows through.
-            empty = Answer([], "", "", None, "load", 0)
+            empty = Reply([], "", "", None, "load", 0)
             encoder = CompletionEncoder(name, empty, include_usage=include_usage)
-            with self.sim.exchange():
+            with self.sim.model_call():
                 refusal = await self.sim.admit()
                 if refusal is not None:
                     return openai_error(*refusal)
                 await self.sim.load(model, None)
                 self.sim.release(model, None)
-            zero = Metrics(0, 0, 0, 0, 0, 0)
+            zero = Timings(0, 0, 0, 0, 0, 0)
             if not stream:
                 return encoder.whole(zero)
             body_bytes = encoder.closing(zero)

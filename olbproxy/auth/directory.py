@@ -20,7 +20,7 @@ from typing import TypeVar
 from olbproxy.errors import Unavailable
 from olbproxy.store import ApiKey, Store, User
 
-log = logging.getLogger("olbproxy.directory")
+log = logging.getLogger("olbproxy.auth.directory")
 
 T = TypeVar("T", User, ApiKey)
 

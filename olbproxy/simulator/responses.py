@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from olbproxy import simulator_answer
-from olbproxy.simulator_answer import Answer, Metrics, compose, words
-from olbproxy.simulator_native import message_words, said_in
-from olbproxy.simulator_openai import (
+from olbproxy.simulator import answer as simulator_answer
+from olbproxy.simulator.answer import Reply, Timings, compose, words
+from olbproxy.simulator.native import message_words, said_in
+from olbproxy.simulator.openai import (
     chat_model,
     encoded,
     flat_messages,
@@ -26,10 +26,10 @@ from olbproxy.simulator_openai import (
     openai_error,
     read_body,
 )
-from olbproxy.simulator_wire import JSON, SSE, go_json, text
+from olbproxy.simulator.wire import JSON, SSE, go_json, text
 
 if TYPE_CHECKING:
-    from olbproxy.simulator import OllamaSimulator
+    from olbproxy.simulator.server import OllamaSimulator
 
 Handler = Callable[[web.Request], Any]
 
@@ -39,7 +39,7 @@ class ResponsesEncoder:
 
     content_type = SSE
 
-    def __init__(self, model: str, answer: Answer, body: dict[str, Any]) -> None:
+    def __init__(self, model: str, answer: Reply, body: dict[str, Any]) -> None:
         self.model = model
         self.answer = answer
         self.body = body
@@ -72,7 +72,7 @@ class ResponsesEncoder:
             "content": content,
         }
 
-    def _response(self, status: str, output: list[Any], metrics: Metrics | None) -> dict[str, Any]:
+    def _response(self, status: str, output: list[Any], metrics: Timings | None) -> dict[str, Any]:
         body = self.body
         instructions = body.get("instructions") or None
         usage = None
@@ -146,7 +146,7 @@ class ResponsesEncoder:
         self._sequence += 1
         return b"".join((self._delta[0], token, self._delta[1], sequence, self._delta[2]))
 
-    def closing(self, metrics: Metrics) -> bytes:
+    def closing(self, metrics: Timings) -> bytes:
         content = self.answer.content
         where = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
         item = self._item("completed", [self._part(content)])
@@ -168,7 +168,7 @@ class ResponsesEncoder:
     def rejection(self, status: int, message: str, *, streaming: bool) -> web.StreamResponse:
         return openai_error(status, message)
 
-    def whole(self, metrics: Metrics) -> web.StreamResponse:
+    def whole(self, metrics: Timings) -> web.StreamResponse:
         item = self._item("completed", [self._part(self.answer.content)])
         return encoded(self._response("completed", [item], metrics), JSON)
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from olbproxy.simulator_wire import (
+from olbproxy.simulator.wire import (
     JSON,
     NDJSON,
     TEXT_UTF8,
@@ -34,7 +34,7 @@ from olbproxy.simulator_wire import (
 )
 
 if TYPE_CHECKING:
-    from olbproxy.simulator import OllamaSimulator, SimulatedModel
+    from olbproxy.simulator.server import OllamaSimulator, SimulatedModel
 
 Handler = Callable[[web.Request], Any]
 Progress = dict[str, Any]

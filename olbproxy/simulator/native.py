@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from olbproxy import simulator_answer
-from olbproxy.simulator_answer import CONTENT, THINKING, Answer, Metrics, compose, words
-from olbproxy.simulator_wire import (
+from olbproxy.simulator import answer as simulator_answer
+from olbproxy.simulator.answer import CONTENT, THINKING, Reply, Timings, compose, words
+from olbproxy.simulator.wire import (
     CLOCK,
     JSON,
     JSON_UTF8,
@@ -43,7 +43,7 @@ from olbproxy.simulator_wire import (
 )
 
 if TYPE_CHECKING:
-    from olbproxy.simulator import OllamaSimulator, SimulatedModel
+    from olbproxy.simulator.server import OllamaSimulator, SimulatedModel
 
 Handler = Callable[[web.Request], Any]
 
@@ -97,7 +97,7 @@ class ChatEncoder:
 
     content_type = NDJSON
 
-    def __init__(self, model: str, answer: Answer) -> None:
+    def __init__(self, model: str, answer: Reply) -> None:
         self.model = model
         self.answer = answer
         self._head = b'{"model":' + go_json(model) + b',"created_at":"'
@@ -118,7 +118,7 @@ class ChatEncoder:
         middle = b'","message":{"role":"assistant","content":"","tool_calls":'
         return b"".join((self._head, CLOCK.stamp(), middle, calls, self._tail))
 
-    def _final(self, message: dict[str, Any], metrics: Metrics) -> dict[str, Any]:
+    def _final(self, message: dict[str, Any], metrics: Timings) -> dict[str, Any]:
         return {
             "model": self.model,
             "created_at": _stamp(),
@@ -128,7 +128,7 @@ class ChatEncoder:
             **metrics.fields(),
         }
 
-    def closing(self, metrics: Metrics) -> bytes:
+    def closing(self, metrics: Timings) -> bytes:
         message = {"role": "assistant", "content": ""}
         return go_json(self._final(message, metrics)) + b"\n"
 
@@ -138,7 +138,7 @@ class ChatEncoder:
     def rejection(self, status: int, message: str, *, streaming: bool) -> web.StreamResponse:
         return error_reply(status, message, content_type=JSON if streaming else JSON_UTF8)
 
-    def whole(self, metrics: Metrics) -> web.StreamResponse:
+    def whole(self, metrics: Timings) -> web.StreamResponse:
         answer = self.answer
         message: dict[str, Any] = {"role": "assistant", "content": answer.content}
         if answer.thinking:
@@ -153,7 +153,7 @@ class GenerateEncoder:
 
     content_type = NDJSON
 
-    def __init__(self, model: str, answer: Answer, prompt: str, *, raw: bool) -> None:
+    def __init__(self, model: str, answer: Reply, prompt: str, *, raw: bool) -> None:
         self.model = model
         self.answer = answer
         self.prompt = prompt
@@ -170,7 +170,7 @@ class GenerateEncoder:
         middle = self._content if kind == CONTENT else self._thinking
         return b"".join((self._head, CLOCK.stamp(), middle, token, self._tail))
 
-    def _final(self, response: str, thinking: str, metrics: Metrics) -> dict[str, Any]:
+    def _final(self, response: str, thinking: str, metrics: Timings) -> dict[str, Any]:
         final: dict[str, Any] = {"model": self.model, "created_at": _stamp(), "response": response}
         if thinking:
             final["thinking"] = thinking
@@ -182,7 +182,7 @@ class GenerateEncoder:
         final.update(metrics.fields())
         return final
 
-    def closing(self, metrics: Metrics) -> bytes:
+    def closing(self, metrics: Timings) -> bytes:
         return go_json(self._final("", "", metrics)) + b"\n"
 
     def stream_error(self, message: str) -> bytes:
@@ -191,7 +191,7 @@ class GenerateEncoder:
     def rejection(self, status: int, message: str, *, streaming: bool) -> web.StreamResponse:
         return error_reply(status, message, content_type=JSON if streaming else JSON_UTF8)
 
-    def whole(self, metrics: Metrics) -> web.StreamResponse:
+    def whole(self, metrics: Timings) -> web.StreamResponse:
         answer = self.answer
         return reply(self._final(answer.content, answer.thinking, metrics))
 
@@ -242,7 +242,7 @@ class NativeInference:
         self, model: SimulatedModel, name: str, keep_alive: float | None, *, chat: bool
     ) -> web.StreamResponse:
         # An empty prompt or message list only loads the model: one JSON answer.
-        with self.sim.exchange():
+        with self.sim.model_call():
             refusal = await self.sim.admit()
             if refusal is not None:
                 return error_reply(*refusal)
@@ -340,7 +340,7 @@ class NativeInference:
     ) -> Embedded | tuple[int, str]:
         """Schedule the model and embed, or ``(status, message)`` from a fault."""
         started_ns = time.perf_counter_ns()
-        with self.sim.exchange():
+        with self.sim.model_call():
             refusal = await self.sim.admit()
             if refusal is not None:
                 return refusal

@@ -10,7 +10,7 @@ Accepted, in the ``Authorization`` header:
 Without a header, a peer inside ``auth.trusted_networks`` is served as
 ``auth.trusted_user`` (the ``ollama`` CLI cannot send a Bearer token). An API key
 marked front-end lets Open WebUI name its end user in ``X-OpenWebUI-User-*`` headers;
-those headers are ignored for every other key. The conversation named by
+those headers are ignored for every other key. The room named by
 ``X-OpenWebUI-Chat-Id`` is put on ``Principal.room_hint``.
 
 Public, with ``ANONYMOUS`` as principal: GET/HEAD ``/`` (clients probe it), CORS
@@ -36,14 +36,14 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from olbproxy import passwords
-from olbproxy.accounts import Accounts, username_key
-from olbproxy.directory import Directory
+from olbproxy.auth import passwords
+from olbproxy.auth.accounts import Accounts, username_key
+from olbproxy.auth.directory import Directory
+from olbproxy.auth.principal import ANONYMOUS, PRINCIPAL, Principal
+from olbproxy.auth.tokens import Tokens, key_id_of, key_matches
 from olbproxy.errors import Forbidden, Unauthorized
-from olbproxy.principal import ANONYMOUS, PRINCIPAL, Principal
 from olbproxy.settings import AuthSettings
 from olbproxy.store import Store, User
-from olbproxy.tokens import Tokens, key_id_of, key_matches
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

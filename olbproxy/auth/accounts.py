@@ -23,17 +23,17 @@ from typing import Any
 
 from aiohttp import web
 
-from olbproxy import passwords
 from olbproxy.api import method_table
+from olbproxy.auth import passwords
+from olbproxy.auth.principal import Role
+from olbproxy.auth.throttle import Throttle
+from olbproxy.auth.tokens import Tokens, new_api_key
 from olbproxy.body import read_json
 from olbproxy.errors import BadRequest, Conflict, Forbidden, NotFound, ProxyError, Unauthorized
-from olbproxy.principal import Role
 from olbproxy.settings import AuthSettings
 from olbproxy.store import ApiKey, SeedUser, Store, User, UserChanges, new_id, now
-from olbproxy.throttle import Throttle
-from olbproxy.tokens import Tokens, new_api_key
 
-log = logging.getLogger("olbproxy.accounts")
+log = logging.getLogger("olbproxy.auth.accounts")
 
 GENERIC_FAILURE = "invalid username or password"
 USERNAME_MAX = 64

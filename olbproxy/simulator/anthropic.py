@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from olbproxy import simulator_answer
-from olbproxy.simulator_answer import Answer, Metrics, compose, words
-from olbproxy.simulator_native import message_words, said_in
-from olbproxy.simulator_openai import (
+from olbproxy.simulator import answer as simulator_answer
+from olbproxy.simulator.answer import Reply, Timings, compose, words
+from olbproxy.simulator.native import message_words, said_in
+from olbproxy.simulator.openai import (
     chat_model,
     encoded,
     flat_messages,
@@ -26,10 +26,10 @@ from olbproxy.simulator_openai import (
     read_body,
     text_of,
 )
-from olbproxy.simulator_wire import JSON, SSE, Rejected, go_json, text
+from olbproxy.simulator.wire import JSON, SSE, Rejected, go_json, text
 
 if TYPE_CHECKING:
-    from olbproxy.simulator import OllamaSimulator
+    from olbproxy.simulator.server import OllamaSimulator
 
 Handler = Callable[[web.Request], Any]
 _ERROR_TYPES = {
@@ -58,7 +58,7 @@ class MessagesEncoder:
 
     content_type = SSE
 
-    def __init__(self, model: str, answer: Answer) -> None:
+    def __init__(self, model: str, answer: Reply) -> None:
         self.model = model
         self.answer = answer
         self.id = f"msg_{os.urandom(12).hex()}"
@@ -75,7 +75,7 @@ class MessagesEncoder:
     def _stop_reason(self) -> str:
         return {"stop": "end_turn", "length": "max_tokens"}.get(self.answer.done_reason, "")
 
-    def _message(self, content: list[dict[str, Any]], metrics: Metrics | None) -> dict[str, Any]:
+    def _message(self, content: list[dict[str, Any]], metrics: Timings | None) -> dict[str, Any]:
         message: dict[str, Any] = {
             "id": self.id,
             "type": "message",
@@ -105,7 +105,7 @@ class MessagesEncoder:
     def chunk(self, kind: int, token: bytes) -> bytes:
         return self._delta[0] + token + self._delta[1]
 
-    def closing(self, metrics: Metrics) -> bytes:
+    def closing(self, metrics: Timings) -> bytes:
         delta = {"stop_reason": self._stop_reason()} if self._stop_reason() else {}
         usage = {"input_tokens": metrics.prompt_eval_count, "output_tokens": metrics.eval_count}
         return b"".join(
@@ -125,7 +125,7 @@ class MessagesEncoder:
     def rejection(self, status: int, message: str, *, streaming: bool) -> web.StreamResponse:
         return anthropic_error(status, message)
 
-    def whole(self, metrics: Metrics) -> web.StreamResponse:
+    def whole(self, metrics: Timings) -> web.StreamResponse:
         content = [{"type": "text", "text": self.answer.content}]
         return encoded(self._message(content, metrics), JSON)
 

@@ -21,7 +21,7 @@ from olbproxy.server import run, serve
 from olbproxy.settings import GroupSettings, Settings
 from olbproxy.simulator import DEFAULT_MODELS, OllamaSimulator
 
-log = logging.getLogger("olbproxy.demo")
+log = logging.getLogger("olbproxy.cli.demo")
 
 DEMO_USER = "demo"
 

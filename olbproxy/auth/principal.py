@@ -24,7 +24,7 @@ class Principal:
     front_end: bool = False
     key_id: str | None = None
     # Open WebUI's X-OpenWebUI-Chat-Id, only when a trusted front-end key names its end
-    # user: the conversation that persistence may file the exchange under.
+    # user: the room that persistence may file the exchange under.
     room_hint: str | None = None
 
     @property

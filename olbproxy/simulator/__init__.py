@@ -1,0 +1,33 @@
+"""The Ollama simulator: a stand-in for real Ollama instances, used by tests, bench and demo.
+
+A real aiohttp server on a real socket that speaks Ollama's wire format byte for byte
+(``/work/shared/ollama-api.md``). Its public face is :class:`OllamaSimulator` and the
+models it serves; ``python -m olbproxy.simulator`` runs some in a process of their own.
+
+    server.py      OllamaSimulator: lifecycle, model state, faults, recorded requests
+    wire.py        how a Go program writes to the wire (JSON habits, gin's texts, Host check)
+    answer.py      what a model answers and how it is paced: tokens, timings, faults
+    library.py     list, show, ps, pull, push, create, copy, delete, blobs
+    native.py      generate, chat, embed, embeddings
+    openai.py      /v1 chat, completions, embeddings, models
+    responses.py   /v1/responses
+    anthropic.py   /v1/messages
+"""
+
+from olbproxy.simulator.server import (
+    DEFAULT_MODELS,
+    Faults,
+    OllamaSimulator,
+    RecordedRequest,
+    SimulatedModel,
+    SimulatorStats,
+)
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "Faults",
+    "OllamaSimulator",
+    "RecordedRequest",
+    "SimulatedModel",
+    "SimulatorStats",
+]
