@@ -10,12 +10,14 @@ single JSON document alike.
 from __future__ import annotations
 
 import json
-import random
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiohttp import web
+
+from olbproxy.errors import Shape, shape_of
 
 Outcome = Literal["pending", "done", "cancelled", "error"]
 
@@ -30,12 +32,10 @@ COUNTER_FIELDS = (
 
 
 def new_id() -> str:
-    # Time-ordered (like uuid7) so records sort by creation; 80 random bits make a
-    # collision within one millisecond negligible. Cheaper than uuid4 on every request.
-    return f"{time.time_ns() // 1_000_000:012x}{_random.getrandbits(80):020x}"
-
-
-_random = random.Random()
+    # Time-ordered (like uuid7) so records sort by creation. The 80 bits after the time
+    # come from the OS's cryptographic source: a room opens under the id of its first
+    # exchange, so nobody may guess the id another user's next room will have.
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.randbits(80):020x}"
 
 
 @dataclass(slots=True, eq=False)
@@ -66,6 +66,10 @@ class Exchange:
     background: bool = False
     # Read once from the final chunk after the stream ends (``final_counters``).
     counters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> Shape:
+        return shape_of(self.endpoint)
 
     @property
     def ttft(self) -> float | None:

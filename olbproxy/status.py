@@ -14,9 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
-from olbproxy.api import method_table, principal_of
 from olbproxy.catalog import Catalog
-from olbproxy.errors import Forbidden
+from olbproxy.edge import Route, route
 from olbproxy.metrics import Backlog
 from olbproxy.pool import Backend, Pool
 
@@ -39,12 +38,10 @@ class Status:
         self.upstream_errors = upstream_errors
         self.backlog = backlog
 
-    def routes(self) -> list[web.RouteDef]:
-        return method_table([(PATH, ("GET",), self.handle)])
+    def routes(self) -> list[Route]:
+        return route(PATH, "GET", self.handle, "admin", refusal="the proxy status is for admins")
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        if not principal_of(request).is_admin:
-            raise Forbidden("the proxy status is for admins")
         # Refreshes Backend.loaded; a backend that does not answer keeps its last list.
         await self.catalog.ps(lambda _group: True)
         return web.json_response(self.snapshot())

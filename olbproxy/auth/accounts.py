@@ -23,12 +23,12 @@ from typing import Any
 
 from aiohttp import web
 
-from olbproxy.api import method_table
 from olbproxy.auth import passwords
 from olbproxy.auth.principal import Role
 from olbproxy.auth.throttle import Throttle
 from olbproxy.auth.tokens import Tokens, new_api_key
 from olbproxy.body import read_json
+from olbproxy.edge import Route, route
 from olbproxy.errors import BadRequest, Conflict, Forbidden, NotFound, ProxyError, Unauthorized
 from olbproxy.settings import AuthSettings
 from olbproxy.store import ApiKey, SeedUser, Store, User, UserChanges, new_id, now
@@ -105,13 +105,11 @@ class Accounts:
             settings.address_attempts, window, what="login attempts from this address"
         )
 
-    def routes(self) -> list[web.RouteDef]:
-        return method_table(
-            [
-                ("/api/auth/register", ("POST",), self.register),
-                ("/api/auth/login", ("POST",), self.login),
-            ]
-        )
+    def routes(self) -> list[Route]:
+        return [
+            *route("/api/auth/register", "POST", self.register, "anonymous"),
+            *route("/api/auth/login", "POST", self.login, "anonymous"),
+        ]
 
     # -- HTTP --------------------------------------------------------------------------
 
@@ -250,11 +248,14 @@ class Accounts:
         return await self.user(username)
 
     async def set_password(self, username: str, password: str) -> User:
+        """A new password; every token issued before it stops working (a new epoch)."""
         check_password(password, self.settings.min_password_length)
+        user = await self.user(username)
         hashed = await asyncio.to_thread(
             passwords.hash_password, password, self.settings.bcrypt_cost
         )
-        return await self.change_user(username, {"password_hash": hashed})
+        changes: UserChanges = {"password_hash": hashed, "token_epoch": user.token_epoch + 1}
+        return await self.change_user(username, changes)
 
     async def create_key(
         self,
