@@ -6,7 +6,7 @@ SECANTUS := .venv-secantus
 RUNTIME := $(VENV)/.runtime-installed
 TESTDEPS := $(VENV)/.test-installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-properties lint bench clean
 
 $(RUNTIME): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,11 @@ lint: $(TESTDEPS)
 
 test: lint $(SECANTUS)/bin/secantusd-py
 	OLBPROXY_SECANTUSD=$(CURDIR)/$(SECANTUS)/bin/secantusd-py $(VENV)/bin/pytest -q
+
+# The edge's property suite with many more examples than `make test` runs, new ones
+# each time (Hypothesis's "long" profile).
+test-properties: $(TESTDEPS)
+	HYPOTHESIS_PROFILE=long $(VENV)/bin/pytest -q tests/test_edge_properties.py
 
 bench: $(TESTDEPS) $(SECANTUS)/bin/secantusd-py
 	OLBPROXY_SECANTUSD=$(CURDIR)/$(SECANTUS)/bin/secantusd-py $(VENV)/bin/python bench/run.py $(BENCH_ARGS)

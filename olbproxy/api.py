@@ -136,7 +136,7 @@ class OllamaApi:
         return web.Response(text="Ollama is running")
 
     async def version(self, request: web.Request) -> web.StreamResponse:
-        version = await self.catalog.version()
+        version = await self.catalog.version(self._allowed(request))
         if version is None:
             raise Unavailable("no backend is reachable to report a version", retry_after=5)
         return web.json_response({"version": version})

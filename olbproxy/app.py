@@ -10,7 +10,6 @@ down in ``cleanup_ctx``, so tests and ``serve`` share one path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -41,6 +40,7 @@ from olbproxy.settings import Settings
 from olbproxy.splice import SpliceRequest
 from olbproxy.status import Status
 from olbproxy.store import Store, open_store
+from olbproxy.supervisor import Supervisor
 from olbproxy.warmup import Warmup
 from olbproxy.watchdog import Watchdog
 
@@ -59,6 +59,7 @@ STORE: web.AppKey[Store] = web.AppKey("STORE")
 AUTHENTICATOR = web.AppKey("AUTHENTICATOR", Authenticator)
 RECORDER = web.AppKey("RECORDER", Recorder)
 EDGE = web.AppKey("EDGE", Edge)
+SUPERVISOR = web.AppKey("SUPERVISOR", Supervisor)
 
 
 async def create_app(settings: Settings) -> web.Application:
@@ -90,8 +91,10 @@ async def create_app(settings: Settings) -> web.Application:
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
     )
     app[SESSION] = session
+    supervisor = Supervisor()
+    app[SUPERVISOR] = supervisor
 
-    warmup = Warmup(pool, session)
+    warmup = Warmup(pool, session, supervisor)
 
     def backend_changed(backend: Backend) -> None:
         pool.slot_freed(backend)  # wake waiters: a slot appeared, or their hope vanished
@@ -122,6 +125,7 @@ async def create_app(settings: Settings) -> web.Application:
     async def store_lifetime(app: web.Application) -> AsyncIterator[None]:
         await store.start()
         yield
+        await supervisor.close()  # whatever background job is left, before the store
         await store.close()
 
     # Before every other component's lifetime, so the store closes after they stop.
@@ -129,7 +133,12 @@ async def create_app(settings: Settings) -> web.Application:
     routes: list[Route] = []
     if settings.auth.enabled:
         routes += authenticator.accounts.routes()
-        app.cleanup_ctx.append(authenticator.lifetime)
+
+        async def identities(app: web.Application) -> AsyncIterator[None]:
+            await authenticator.start(supervisor)
+            yield
+
+        app.cleanup_ctx.append(identities)
 
     # -- persistence (recorder, rooms API) -------------------------------------------
     # Chat and generate exchanges are recorded off the request path; only a named room
@@ -140,7 +149,13 @@ async def create_app(settings: Settings) -> web.Application:
     app[RECORDER] = recorder
     rooms = RoomsApi(store, recorder)
     routes += rooms.routes()
-    app.cleanup_ctx.append(recorder.lifetime)
+
+    async def recording(app: web.Application) -> AsyncIterator[None]:
+        await recorder.start(supervisor)
+        yield
+        await recorder.close()  # writes (or spools) what is still queued
+
+    app.cleanup_ctx.append(recording)
     if settings.store.record:
         api.observers.append(recorder.observe)
         api.preflight.append(rooms.preflight)
@@ -158,7 +173,7 @@ async def create_app(settings: Settings) -> web.Application:
         api.observers.append(metrics.observe)
     routes += metrics.routes()
     app.cleanup_ctx.append(metrics.listener)
-    status = Status(pool, catalog, relay.errors, backlog=recorder.backlog)
+    status = Status(pool, catalog, relay.errors, backlog=recorder.backlog, jobs=supervisor.snapshot)
     app[STATUS] = status
     routes += status.routes()
     routes += api.routes()
@@ -171,22 +186,18 @@ async def create_app(settings: Settings) -> web.Application:
         failures=authenticator.failures,
     )
     app[EDGE] = edge
-    app.router.add_route("*", "/{path:.*}", edge.dispatch)
+    # [\s\S]: every path, newlines included (the edge refuses those itself, in JSON).
+    app.router.add_route("*", r"/{path:[\s\S]*}", edge.dispatch)
     app.on_response_prepare.append(mark_started)
     app.on_response_prepare.append(cors_on_prepare(settings.origins))
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
-        tasks = [
-            asyncio.create_task(watchdog.run(), name="olbproxy-watchdog"),
-            asyncio.create_task(health.run(), name="olbproxy-health"),
-        ]
+        tasks = [supervisor.spawn("watchdog", watchdog.run), supervisor.spawn("health", health.run)]
         warmup.schedule_all()
         yield
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)
         await warmup.close()
         await session.close()
 

@@ -260,6 +260,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ProxyError as error:
         return await _answer(request, error)
+    except web.HTTPNotFound:
+        # aiohttp's own router found no route (a target its pattern cannot take, such as
+        # OPTIONS *): still a refusal in Ollama's shape, and still no backend involved.
+        return await _answer(request, NotFound("404 page not found"))
     except (web.HTTPException, asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:

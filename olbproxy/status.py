@@ -9,7 +9,7 @@ through the catalog, which keeps them on ``Backend.loaded``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -32,11 +32,13 @@ class Status:
         upstream_errors: Mapping[tuple[str, str], int],
         *,
         backlog: Backlog | None = None,
+        jobs: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.pool = pool
         self.catalog = catalog
         self.upstream_errors = upstream_errors
         self.backlog = backlog
+        self.jobs = jobs
 
     def routes(self) -> list[Route]:
         return route(PATH, "GET", self.handle, "admin", refusal="the proxy status is for admins")
@@ -63,7 +65,8 @@ class Status:
                 }
             )
         backlog = None if self.backlog is None else dict(self.backlog())
-        return {"groups": groups, "persistence": backlog}
+        jobs = None if self.jobs is None else self.jobs()
+        return {"groups": groups, "persistence": backlog, "jobs": jobs}
 
     def _backend(self, backend: Backend) -> dict[str, Any]:
         errors = {

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from olbproxy.auth import passwords
 from olbproxy.auth.principal import Role
+from olbproxy.auth.scripts import mixture_allowed
 from olbproxy.auth.throttle import Throttle
 from olbproxy.auth.tokens import Tokens, new_api_key
 from olbproxy.body import read_json
@@ -217,6 +218,11 @@ class Accounts:
         groups: frozenset[str] | None = None,
     ) -> User:
         name = normalise_username(username)
+        if not mixture_allowed(name):
+            raise BadRequest(
+                f"username {name!r} mixes scripts that look alike (such as Latin with "
+                "Cyrillic or Greek): write it in one script, or Latin with one other"
+            )
         check_password(password, self.settings.min_password_length)
         key = username_key(name)
         if await self.store.users.find(key) is not None:  # spare the bcrypt; the index decides

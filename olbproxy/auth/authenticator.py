@@ -31,11 +31,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import ipaddress
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from urllib.parse import unquote
 
@@ -49,6 +48,7 @@ from olbproxy.auth.tokens import Tokens, key_id_of, key_matches
 from olbproxy.errors import Forbidden, Unauthorized
 from olbproxy.settings import AuthSettings
 from olbproxy.store import Store, User
+from olbproxy.supervisor import Supervisor
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -83,14 +83,10 @@ class Authenticator:
         )
         self._hosts = trusted_host_names(settings.trusted_hosts)
 
-    async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
-        """cleanup_ctx: keep the directory fresh; prepare the unknown-user dummy hash."""
+    async def start(self, supervisor: Supervisor) -> None:
+        """Keep the directory fresh; prepare the unknown-user dummy hash."""
         await asyncio.to_thread(passwords.dummy_hash, self.settings.bcrypt_cost)
-        task = asyncio.create_task(self.directory.run(), name="olbproxy-directory")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        supervisor.spawn("identities", self.directory.run)
 
     async def authenticate(self, request: web.Request) -> Principal:
         header = request.headers.get("Authorization")
@@ -214,19 +210,11 @@ class Authenticator:
         return Unauthorized(message)
 
 
-_CONTROL = dict.fromkeys(
-    [
-        *range(0x00, 0x20),
-        0x7F,
-        *range(0x80, 0xA0),
-        0x2028,
-        0x2029,
-        0x200E,
-        0x200F,
-        *range(0x202A, 0x202F),
-        *range(0x2066, 0x206A),
-    ]
-)
+# Line breaks and other controls become spaces; bidirectional formatting goes.
+_CONTROL: dict[int, str | None] = {
+    **dict.fromkeys([*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029], " "),
+    **dict.fromkeys([0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]),
+}
 
 
 def clean(value: str) -> str:

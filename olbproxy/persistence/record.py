@@ -184,7 +184,7 @@ def record_of(exchange: Exchange, *, store_content: bool) -> Record:
         hashes = history(body.get("messages") or [])
         prefix, continues = hashes.prefix, list(hashes.candidates)
         if has_answer:
-            full = answered(hashes.head, answer.content, tool_calls)
+            full = answered(hashes, answer.content, tool_calls)
     else:
         prefix = context_hash(body.get("context"))
         continues = [prefix] if prefix else []

@@ -106,6 +106,7 @@ class RecordedRequest:
     headers: CIMultiDict[str]  # names in the case received; lookups ignore case
     body: bytes
     received_at: float  # time.monotonic()
+    target: str = ""  # the request target exactly as received (path and query, undecoded)
 
 
 @dataclass
@@ -397,6 +398,7 @@ class OllamaSimulator:
                     headers=CIMultiDict(request.headers),
                     body=b"" if streamed else await request.read(),
                     received_at=time.monotonic(),
+                    target=request.raw_path,
                 )
             )
             self.changed()
