@@ -21,10 +21,37 @@ from __future__ import annotations
 import regex
 
 # UAX #31 Table 4 (Recommended scripts), by ISO 15924 code.
-RECOMMENDED = (
-    "Arab Armn Beng Bopo Cyrl Deva Ethi Geor Grek Gujr Guru Hang Hani Hebr Hira Kana Knda "
-    "Khmr Laoo Latn Mlym Mymr Orya Sinh Taml Telu Thaa Thai Tibt"
-).split()
+RECOMMENDED = [
+    "Arab",
+    "Armn",
+    "Beng",
+    "Bopo",
+    "Cyrl",
+    "Deva",
+    "Ethi",
+    "Geor",
+    "Grek",
+    "Gujr",
+    "Guru",
+    "Hang",
+    "Hani",
+    "Hebr",
+    "Hira",
+    "Kana",
+    "Knda",
+    "Khmr",
+    "Laoo",
+    "Latn",
+    "Mlym",
+    "Mymr",
+    "Orya",
+    "Sinh",
+    "Taml",
+    "Telu",
+    "Thaa",
+    "Thai",
+    "Tibt",
+]
 _PATTERNS = {code: regex.compile(rf"\p{{scx={code}}}") for code in RECOMMENDED}
 _SHARED = regex.compile(r"[\p{scx=Zyyy}\p{scx=Zinh}]")
 _OTHER = "Zzzz"  # a character of a script outside the recommended ones
