@@ -2,9 +2,10 @@
 
 Ollama clients resend the whole history with every turn, so the history itself tells
 which earlier turn a request continues. Each message is reduced to a canonical form
-that survives a round trip through any client we know (``canonical``) and the forms
-are chained with sha256 (``History``): the chain value after ``messages[:-1]`` of a new
-request equals the chain value a previous turn stored for ``messages + [answer]``.
+that survives a round trip through any client we know (``canonical``) and the forms of
+the newest WINDOW messages are hashed together with sha256 (``History``): the hash of
+``messages[:-1]`` of a new request equals the hash a previous turn stored for
+``messages + [answer]``.
 
 The canonical form keeps role, text and tool calls (name and parsed arguments) only:
 
@@ -118,12 +119,8 @@ class History:
 
 
 def window_hash(forms: Sequence[str]) -> str:
-    """Canonical forms chained with sha256, one link per message (the whole history's
-    chain when it has at most WINDOW messages)."""
-    value = ""
-    for form in forms:
-        value = hashlib.sha256(f"{value}\n{form}".encode()).hexdigest()
-    return value
+    """One sha256 over the canonical forms of a window of messages, in order."""
+    return hashlib.sha256("\n".join(forms).encode()).hexdigest()
 
 
 def history(messages: Sequence[Any]) -> History:
