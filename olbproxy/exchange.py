@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -96,6 +97,24 @@ class Answer:
     error: str | None = None
 
 
+def last_lines(chunks: Sequence[bytes], count: int = 1) -> list[bytes]:
+    """The last ``count`` non-empty lines of an answer, oldest first: the one rule for
+    where an answer ends (the splice's completeness check, the final counters, the
+    recorder's ``context``). Only as many chunks from the end are joined as hold those
+    lines whole: a long last line (generate's ``context``) may have come in many reads.
+    """
+    taken: list[bytes] = []
+    newlines = 0
+    for chunk in reversed(chunks):
+        taken.append(chunk)
+        newlines += chunk.count(b"\n")
+        # Twice as many newlines as lines: SSE frames end with a blank line.
+        if newlines > 2 * count:
+            break
+    lines = _lines(b"".join(reversed(taken)))
+    return lines[-count:]
+
+
 def _lines(data: bytes) -> list[bytes]:
     return [line for line in data.split(b"\n") if line.strip()]
 
@@ -123,8 +142,8 @@ def _objects(exchange: Exchange) -> list[dict[str, Any]]:
 
 def final_counters(exchange: Exchange) -> dict[str, Any]:
     """Counters from the final object only: cheap enough for every request."""
-    tail = b"".join(exchange.chunks[-2:])
-    lines = _lines(tail)
+    # SSE: the usage frame comes before "[DONE]" (and a finish frame before it).
+    lines = last_lines(exchange.chunks, 3 if exchange.sse else 1)
     for line in reversed(lines):
         if exchange.sse:
             if not line.startswith(b"data:") or b"usage" not in line:

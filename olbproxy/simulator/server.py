@@ -94,6 +94,9 @@ class Faults:
     drop_after_tokens: int | None = None  # N tokens, then abort the TCP connection
     hang: bool = False  # never answer (until the client goes away)
     stall_after_tokens: int | None = None  # N tokens, then silence (until the client goes away)
+    # The final chunk written in this many pieces, 20 ms apart, as a slow link delivers a
+    # long last line (generate's carries ``context``) in several reads.
+    split_final: int = 1
 
 
 @dataclass
