@@ -31,8 +31,13 @@ lint: $(TESTDEPS)
 	$(VENV)/bin/ruff format --check olbproxy tests bench
 	$(VENV)/bin/mypy
 
+# The relay, splice and client tests run a second time with the splice off
+# (relay.splice: false, aiohttp's documented API only).
+SPLICE_BOTH_WAYS := tests/test_relay.py tests/test_splice.py tests/test_clients.py tests/test_failover.py
+
 test: lint $(SECANTUS)/bin/secantusd-py
 	OLBPROXY_SECANTUSD=$(CURDIR)/$(SECANTUS)/bin/secantusd-py $(VENV)/bin/pytest -q
+	OLBPROXY_SPLICE=0 $(VENV)/bin/pytest -q $(SPLICE_BOTH_WAYS)
 
 # The edge's property suite with many more examples than `make test` runs, new ones
 # each time (Hypothesis's "long" profile).

@@ -18,7 +18,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from olbproxy.auth.principal import principal_of
@@ -53,7 +52,7 @@ MODEL_ENDPOINTS = (
 
 # Token streams whose end Ollama marks in the answer itself (done:true, [DONE]), which is
 # what a spliced stream needs to tell a finished answer from a dead backend (splice.py).
-SPLICED = frozenset({"/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions"})
+MARKED_END = frozenset({"/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions"})
 
 
 # Ollama's routes that act on an instance's ollama.com identity or reach the internet:
@@ -80,14 +79,12 @@ class OllamaApi:
         router: Router,
         relay: Relay,
         catalog: Catalog,
-        session: aiohttp.ClientSession,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.router = router
         self.relay = relay
         self.catalog = catalog
-        self.session = session
         # Called with every finished model exchange (metrics, persistence); must not block.
         self.observers: list[Observer] = []
         # Awaited before a model request is placed (e.g. room ownership: 403 before any
@@ -202,7 +199,7 @@ class OllamaApi:
             user_name=principal.name,
             stream=stream,
             sse=openai and stream,
-            splice=stream and endpoint in SPLICED,
+            marked_end=stream and endpoint in MARKED_END,
             body=data,
         )
         request[EXCHANGE] = exchange

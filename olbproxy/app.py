@@ -13,7 +13,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-import aiohttp
 from aiohttp import web
 
 from olbproxy.api import OllamaApi
@@ -37,10 +36,10 @@ from olbproxy.pool import Backend, Pool
 from olbproxy.relay import Relay
 from olbproxy.routing import Router
 from olbproxy.settings import Settings
-from olbproxy.splice import SpliceRequest
 from olbproxy.status import Status
 from olbproxy.store import Store, open_store
 from olbproxy.supervisor import Supervisor
+from olbproxy.upstream import Upstream
 from olbproxy.warmup import Warmup
 from olbproxy.watchdog import Watchdog
 
@@ -49,7 +48,7 @@ log = logging.getLogger("olbproxy.app")
 SETTINGS = web.AppKey("SETTINGS", Settings)
 POOL = web.AppKey("POOL", Pool)
 ROUTER = web.AppKey("ROUTER", Router)
-SESSION = web.AppKey("SESSION", aiohttp.ClientSession)
+UPSTREAM = web.AppKey("UPSTREAM", Upstream)
 RELAY = web.AppKey("RELAY", Relay)
 API = web.AppKey("API", OllamaApi)
 HEALTH = web.AppKey("HEALTH", HealthChecker)
@@ -74,27 +73,12 @@ async def create_app(settings: Settings) -> web.Application:
     pool = Pool(settings)
     app[ROUTER], app[POOL] = router, pool
 
-    connector = aiohttp.TCPConnector(
-        # Admission control bounds concurrency per backend; a connector limit would only
-        # make stream 101 wait behind 100 others (aiohttp's default limit is 100).
-        limit=0,
-        limit_per_host=0,
-        keepalive_timeout=60,
-        ttl_dns_cache=300,
-    )
-    session = aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout),
-        auto_decompress=False,
-        request_class=SpliceRequest,
-        # Forward the client's headers as they are; add none of aiohttp's own.
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-    )
-    app[SESSION] = session
+    upstream = Upstream.connect(settings)
+    app[UPSTREAM] = upstream
     supervisor = Supervisor()
     app[SUPERVISOR] = supervisor
 
-    warmup = Warmup(pool, session, supervisor)
+    warmup = Warmup(pool, upstream, supervisor)
 
     def backend_changed(backend: Backend) -> None:
         pool.slot_freed(backend)  # wake waiters: a slot appeared, or their hope vanished
@@ -104,18 +88,18 @@ async def create_app(settings: Settings) -> web.Application:
     # Check often enough that a stall is noticed within about a quarter of its limit.
     watchdog = Watchdog(tick=min([1.0, *(g.idle_timeout / 4 for g in settings.groups)]))
     relay = Relay(
-        session,
+        upstream,
         watchdog,
         fail_threshold=settings.health.fail_threshold,
         on_health_change=backend_changed,
     )
     app[RELAY] = relay
-    health = HealthChecker(pool, session, settings.health, backend_changed)
+    health = HealthChecker(pool, upstream, settings.health, backend_changed)
     app[HEALTH] = health
-    catalog = Catalog(pool, router, relay, seconds=settings.health.timeout)
-    api = OllamaApi(settings, pool, router, relay, catalog, session)
+    catalog = Catalog(pool, router, upstream, seconds=settings.health.timeout)
+    api = OllamaApi(settings, pool, router, relay, catalog)
     app[API] = api
-    management = ModelManagement(settings, pool, router, relay, session)
+    management = ModelManagement(settings, pool, router, relay)
 
     # -- identity (auth.py): authentication middleware, /api/auth/* routes -----------
     store = open_store(settings)
@@ -199,7 +183,7 @@ async def create_app(settings: Settings) -> web.Application:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await warmup.close()
-        await session.close()
+        await upstream.close()
 
     app.cleanup_ctx.append(lifetime)
     return app

@@ -16,9 +16,9 @@ from datetime import datetime
 from typing import Any
 
 from olbproxy.pool import Backend, Pool
-from olbproxy.relay import Relay
 from olbproxy.routing import Router, normalise_model
 from olbproxy.settings import GroupSettings
+from olbproxy.upstream import Upstream
 
 Allowed = Callable[[GroupSettings], bool]
 
@@ -32,15 +32,17 @@ def version_key(version: str) -> tuple[int, ...]:
 
 
 class Catalog:
-    def __init__(self, pool: Pool, router: Router, relay: Relay, *, seconds: float) -> None:
+    def __init__(self, pool: Pool, router: Router, upstream: Upstream, *, seconds: float) -> None:
         self.pool = pool
         self.router = router
-        self.relay = relay
+        self.upstream = upstream
         self.seconds = seconds
 
     async def _gather(self, path: str, backends: list[Backend]) -> dict[Backend, Any]:
         async def one(backend: Backend) -> Any:
-            status, data = await self.relay.fetch_json(backend, "GET", path, seconds=self.seconds)
+            status, data = await self.upstream.fetch_json(
+                backend, "GET", path, seconds=self.seconds
+            )
             return data if status == 200 else None
 
         results = await asyncio.gather(*(one(b) for b in backends), return_exceptions=True)

@@ -25,6 +25,7 @@ from olbproxy.settings import (
     GroupSettings,
     HealthSettings,
     MetricsSettings,
+    RelaySettings,
     RoutesSettings,
     Settings,
     StoreSettings,
@@ -39,6 +40,7 @@ _SECTIONS: dict[str, type] = {
     "store": StoreSettings,
     "metrics": MetricsSettings,
     "routes": RoutesSettings,
+    "relay": RelaySettings,
 }
 _TOP_KEYS = {
     "listen",

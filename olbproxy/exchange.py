@@ -48,8 +48,9 @@ class Exchange:
     user_name: str = "anonymous"
     stream: bool = False
     sse: bool = False
-    # Forwarded from the backend socket's callback (splice.py) rather than chunk by chunk.
-    splice: bool = False
+    # A token stream whose end the answer itself marks (done:true, [DONE]): checked with
+    # ``complete`` at the end, and spliced (splice.py) when the splice is on.
+    marked_end: bool = False
     body: dict[str, Any] | None = field(default=None, repr=False)
     id: str = field(default_factory=new_id)
     started_at: float = field(default_factory=time.time)
@@ -113,6 +114,18 @@ def last_lines(chunks: Sequence[bytes], count: int = 1) -> list[bytes]:
             break
     lines = _lines(b"".join(reversed(taken)))
     return lines[-count:]
+
+
+def complete(chunks: Sequence[bytes], *, sse: bool) -> bool:
+    """Whether a stream's last line is a proper end of an Ollama answer: without it the
+    backend died or was cut off mid-answer, however cleanly its connection closed."""
+    lines = last_lines(chunks)
+    if not lines:
+        return False
+    last = lines[-1]
+    if sse:
+        return last.strip() == b"data: [DONE]" or b'"error"' in last
+    return b'"done":true' in last or last.startswith(b'{"error"')
 
 
 def _lines(data: bytes) -> list[bytes]:

@@ -9,10 +9,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-import aiohttp
-
 from olbproxy.pool import Backend, Pool
 from olbproxy.settings import HealthSettings
+from olbproxy.upstream import Failure, Upstream
 
 log = logging.getLogger("olbproxy.health")
 
@@ -21,37 +20,32 @@ class HealthChecker:
     def __init__(
         self,
         pool: Pool,
-        session: aiohttp.ClientSession,
+        upstream: Upstream,
         settings: HealthSettings,
         on_change: Callable[[Backend], None],
     ) -> None:
         self.pool = pool
-        self.session = session
+        self.upstream = upstream
         self.settings = settings
         self.on_change = on_change
 
     async def probe(self, backend: Backend) -> None:
         try:
-            async with self.session.get(
-                backend.url + "/api/version",
-                headers={"Host": backend.host_header},
-                timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
-            ) as resp:
-                data = await resp.json(content_type=None) if resp.status == 200 else None
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            reason = f"probe failed: {exc.__class__.__name__} {exc}".strip()
-            certain = isinstance(exc, aiohttp.ClientConnectorError)
+            status, data = await self.upstream.fetch_json(
+                backend, "GET", "/api/version", seconds=self.settings.timeout
+            )
+        except Failure as failure:
+            reason = f"probe failed: {failure.message}"
+            certain = failure.certain
             if backend.mark_failed(reason, threshold=self.settings.fail_threshold, certain=certain):
                 log.warning("backend %s is out of rotation: %s", backend.label, reason)
                 self.on_change(backend)
             return
-        if not isinstance(data, dict):
+        if status != 200 or not isinstance(data, dict):
             if backend.mark_failed(
-                f"probe answered {resp.status}", threshold=self.settings.fail_threshold
+                f"probe answered {status}", threshold=self.settings.fail_threshold
             ):
-                log.warning(
-                    "backend %s is out of rotation: answered %s", backend.label, resp.status
-                )
+                log.warning("backend %s is out of rotation: answered %s", backend.label, status)
                 self.on_change(backend)
             return
         backend.version = str(data.get("version") or "") or backend.version

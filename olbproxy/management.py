@@ -13,7 +13,6 @@ import json
 import re
 from collections import OrderedDict
 
-import aiohttp
 from aiohttp import web
 
 from olbproxy.body import model_of, read_json, wants_stream
@@ -21,9 +20,10 @@ from olbproxy.edge import MATCH, Route, route, upstream_path
 from olbproxy.errors import BadRequest, NotFound, Unavailable
 from olbproxy.exchange import Exchange
 from olbproxy.pool import Backend, FixedPlacement, Group, Pool
-from olbproxy.relay import Deadlines, Relay, upstream_headers, upstream_url
+from olbproxy.relay import Deadlines, Relay
 from olbproxy.routing import Router
 from olbproxy.settings import Settings
+from olbproxy.upstream import Failure
 
 _BLOB_MEMORY = 4096
 ADMINS_ONLY = "model management (pull, push, create, copy, delete, blobs) is for admins"
@@ -38,13 +38,11 @@ class ModelManagement:
         pool: Pool,
         router: Router,
         relay: Relay,
-        session: aiohttp.ClientSession,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.router = router
         self.relay = relay
-        self.session = session
         # Which backend holds an uploaded blob, so the /api/create naming it goes there.
         self.blob_homes: OrderedDict[str, Backend] = OrderedDict()
 
@@ -168,12 +166,12 @@ class ModelManagement:
         last: bool,
     ) -> str | None:
         try:
-            async with self.session.request(
-                request.method,
-                upstream_url(backend, upstream_path(request)),
-                data=raw,
-                headers=upstream_headers(request, backend, raw),
-                timeout=aiohttp.ClientTimeout(sock_connect=self.settings.connect_timeout),
+            async with self.relay.upstream.streaming(
+                request,
+                backend,
+                upstream_path(request),
+                raw,
+                connect=self.settings.connect_timeout,
             ) as upstream:
                 if upstream.status >= 400:
                     text = (await upstream.read()).decode(errors="replace")
@@ -182,6 +180,6 @@ class ModelManagement:
                     # Only the last backend's "success" ends the client's stream.
                     if last or b'"success"' not in line:
                         await response.write(line)
-        except aiohttp.ClientError as exc:
-            return f"failed: {exc}"
+        except Failure as failure:
+            return f"failed: {failure.message}"
         return None

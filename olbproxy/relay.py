@@ -6,9 +6,9 @@ bytes go from the backend socket's callback to the client with one append and on
 write, no task woken per token. Other answers go through ``_copy``: one read, one
 append, one write per chunk. The first byte's time is taken once; counters are parsed
 after the stream has ended (exchange.py). Idle streams are policed by the watchdog
-(watchdog.py) from byte counts kept anyway, so no timer is touched per chunk.
+(watchdog.py) from the chunks kept anyway, so no timer is touched per chunk.
 
-aiohttp client errors before the first byte become ours at one boundary (``_open``):
+aiohttp's client errors become ours in upstream.py (``Failure``): before the first byte
 a failed connect or Ollama's 503 "server busy" moves the request to another backend.
 After the first byte nothing is retried, and a failure ends the stream with Ollama's
 final ``{"error": ...}`` line (an SSE error frame on ``/v1``).
@@ -19,28 +19,25 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json as jsonlib
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
-from yarl import URL
 
-from olbproxy.body import BODY
 from olbproxy.errors import (
     Unavailable,
     UpstreamError,
     UpstreamTimeout,
     stream_error_line,
 )
-from olbproxy.exchange import Exchange
+from olbproxy.exchange import Exchange, complete
 from olbproxy.pool import Backend
-from olbproxy.splice import SPLICE_HEADER, Splice, relay_spliced
+from olbproxy.splice import can_splice, relay_spliced
+from olbproxy.upstream import Failure, Upstream
 from olbproxy.watchdog import Watchdog
 
 log = logging.getLogger("olbproxy.relay")
@@ -59,11 +56,6 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# The request headers a backend gets from the client: an allow-list, because an
-# instance forwards the client's headers to ollama.com for :cloud models, and the
-# client's credentials (Authorization, X-Api-Key, cookies) and the identity headers of a
-# front-end are ours to check, never the backend's to see. Ollama reads only these.
-FORWARDED_REQUEST = ("Accept", "User-Agent")
 DROP_RESPONSE = HOP_BY_HOP | {"content-length"}
 STREAMING_TYPES = ("application/x-ndjson", "text/event-stream")
 
@@ -84,39 +76,20 @@ class Placement(Protocol):
     def release(self, backend: Backend) -> None: ...
 
 
-class _Retry(Exception):
-    """This backend failed before answering; another one may do better."""
-
-    def __init__(
-        self, message: str, *, kind: str, busy: bool = False, certain: bool = False
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.kind = kind
-        self.busy = busy
-        self.certain = certain
-
-
-class _StreamBroken(Exception):
-    """The backend failed after the first byte went to the client."""
-
-    def __init__(self, message: str, *, kind: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
 class Relay:
     """Forwards requests to backends and streams answers back."""
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        upstream: Upstream,
         watchdog: Watchdog,
         *,
         fail_threshold: int,
         on_health_change: Callable[[Backend], None],
     ) -> None:
-        self.session = session
+        self.upstream = upstream
+        # The splice (splice.py) is off when the upstream has no HTTP/1.0 session for it.
+        self.splicing = upstream.splice_session is not None
         self.watchdog = watchdog
         self.fail_threshold = fail_threshold
         self.on_health_change = on_health_change
@@ -136,7 +109,7 @@ class Relay:
     ) -> web.StreamResponse:
         """Try up to ``attempts`` backends before the first byte; then stream the answer."""
         tried: list[Backend] = []
-        last: _Retry | None = None
+        last: Failure | None = None
         if not isinstance(body, bytes | None):
             attempts = 1  # a streamed upload cannot be sent twice
         for _ in range(attempts):
@@ -153,10 +126,17 @@ class Relay:
             exchange.attempts += 1
             try:
                 return await self._attempt(request, exchange, backend, body, deadlines, path)
-            except _Retry as retry:
+            except Failure as retry:
+                self.errors[backend.label, retry.kind] += 1
+                if not retry.retry:
+                    self._failed(backend, retry.message)
+                    if retry.kind == "timeout":
+                        raise UpstreamTimeout(
+                            f"backend {backend.label} sent no answer in time (first-byte timeout)"
+                        ) from None
+                    raise UpstreamError(retry.message) from None
                 tried.append(backend)
                 last = retry
-                self.errors[backend.label, retry.kind] += 1
                 log.warning(
                     "attempt %d for %s %s on %s failed: %s",
                     exchange.attempts,
@@ -172,23 +152,6 @@ class Relay:
         assert last is not None
         raise Unavailable(f"no backend could take the request ({last.message})", retry_after=5)
 
-    async def fetch_json(
-        self, backend: Backend, method: str, path: str, *, seconds: float, json: Any = None
-    ) -> tuple[int, Any]:
-        """A small request of the proxy's own (catalog, health, fan-out), fully read."""
-        async with self.session.request(
-            method,
-            backend.url + path,
-            json=json,
-            headers={"Host": backend.host_header},
-            timeout=aiohttp.ClientTimeout(total=seconds),
-        ) as resp:
-            data = await resp.read()
-        try:
-            return resp.status, jsonlib.loads(data) if data else None
-        except ValueError:
-            return resp.status, None
-
     async def send_whole(
         self,
         request: web.Request,
@@ -198,15 +161,12 @@ class Relay:
         *,
         seconds: float | None,
     ) -> tuple[int, str, bytes]:
-        """Send the client's request to one backend and read the whole answer (fan-outs)."""
-        async with self.session.request(
-            request.method,
-            upstream_url(backend, path),
-            data=body,
-            headers=upstream_headers(request, backend, body),
-            timeout=aiohttp.ClientTimeout(total=seconds),
-        ) as resp:
-            return resp.status, resp.headers.get("Content-Type", ""), await resp.read()
+        """One instance's whole answer (fan-outs); a failure is counted like any other."""
+        try:
+            return await self.upstream.send_whole(request, backend, path, body, seconds=seconds)
+        except Failure as failure:
+            self.errors[backend.label, failure.kind] += 1
+            raise
 
     def _failed(self, backend: Backend, reason: str, *, certain: bool = False) -> None:
         if backend.mark_failed(reason, threshold=self.fail_threshold, certain=certain):
@@ -227,7 +187,14 @@ class Relay:
         deadlines: Deadlines,
         path: str,
     ) -> web.StreamResponse:
-        upstream = await self._open(request, backend, body, deadlines, path, exchange.splice)
+        upstream = await self.upstream.open(
+            request,
+            backend,
+            path,
+            body,
+            first_byte=deadlines.first_byte,
+            splice=exchange.marked_end and self.splicing,
+        )
         exchange.status = upstream.status
         if upstream.status >= 500:
             self._failed(backend, f"answered {upstream.status}")
@@ -253,49 +220,36 @@ class Relay:
                 fixed_length = True
         completed = False
         content_type = response.headers.get("Content-Type", "")
-        splice = None
-        if (
-            exchange.splice
-            and not fixed_length
-            and "transfer-encoding" not in upstream.headers  # raw body up to the close
-            and content_type.startswith(STREAMING_TYPES)
-            and request.transport is not None
-            and upstream.connection is not None
-        ):
-            protocol = upstream.connection.protocol
-            assert protocol is not None  # a connection that is open has its protocol
-            splice = Splice(request.transport, exchange.chunks, protocol)
+        streaming = content_type.startswith(STREAMING_TYPES)
+        spliced = (
+            exchange.marked_end and self.splicing and streaming and can_splice(request, upstream)
+        )
         watchdog = self.watchdog
-        content = upstream.content
-        if splice is None:
-            watchdog.watch(upstream, deadlines.idle, lambda: content.total_bytes, upstream.close)
-        else:
-            watchdog.watch(
-                upstream,
-                deadlines.idle,
-                lambda: content.total_bytes + splice.received,
-                upstream.close,
-            )
+        chunks = exchange.chunks
+        # Progress is the chunks kept anyway (both ways append each piece they forward).
+        watchdog.watch(upstream, deadlines.idle, chunks.__len__, upstream.close)
         try:
-            try:
-                if splice is None:
-                    await self._copy(request, response, exchange, upstream)
+            with self.upstream.reading():
+                if spliced:
+                    await relay_spliced(request, response, exchange, upstream)
                 else:
-                    if not await relay_spliced(request, response, exchange, upstream, splice):
-                        # A spliced body ends at the connection's close: without Ollama's
-                        # last line, the backend died or was cut off mid-answer.
-                        message = "backend connection lost mid-answer"
-                        raise self._broken(upstream, deadlines, message)
+                    await self._copy(request, response, exchange, upstream)
+                if (
+                    exchange.marked_end
+                    and streaming
+                    and upstream.status == 200
+                    and not complete(chunks, sse=exchange.sse)
+                ):
+                    # However cleanly the body ended (a spliced one ends at the close),
+                    # without Ollama's last line the backend died or was cut off.
+                    raise Failure("backend connection lost mid-answer", kind="stream_broken")
+                await response.write_eof()
                 completed = True
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-                if isinstance(exc, ConnectionResetError) and response.prepared:
-                    raise  # our client went away (aiohttp's ClientConnectionResetError)
-                message = f"backend connection lost: {exc}"
-                raise self._broken(upstream, deadlines, message) from None
-        except _StreamBroken as broken:
-            exchange.outcome, exchange.error = "error", str(broken)
+        except Failure as failure:
+            broken = self._broken(upstream, deadlines, failure)
+            exchange.outcome, exchange.error = "error", broken.message
             self.errors[exchange.backend or "", broken.kind] += 1
-            await self._end_broken(request, response, exchange, str(broken), fixed_length)
+            await self._end_broken(request, response, exchange, broken.message, fixed_length)
         except ConnectionResetError:
             # The client left mid-answer: an ordinary end, not an error to log.
             exchange.outcome = "cancelled"
@@ -306,7 +260,7 @@ class Relay:
         finally:
             watchdog.forget(upstream)
             exchange.ended = time.monotonic()
-            if completed and splice is None:
+            if completed and not spliced:
                 upstream.release()
             else:
                 upstream.close()  # frees the GPU: Ollama stops when its client leaves
@@ -315,13 +269,13 @@ class Relay:
         return response
 
     def _broken(
-        self, upstream: aiohttp.ClientResponse, deadlines: Deadlines, message: str
-    ) -> _StreamBroken:
+        self, upstream: aiohttp.ClientResponse, deadlines: Deadlines, failure: Failure
+    ) -> Failure:
+        """Why a stream broke: the watchdog ended it (idle), or the backend went away."""
         if upstream in self.watchdog.timed_out:
-            return _StreamBroken(
-                f"backend sent nothing for {deadlines.idle or 0:g}s", kind="idle_timeout"
-            )
-        return _StreamBroken(message, kind="stream_broken")
+            idle = deadlines.idle or 0
+            return Failure(f"backend sent nothing for {idle:g}s", kind="idle_timeout")
+        return failure
 
     async def _copy(
         self,
@@ -341,7 +295,6 @@ class Relay:
             append(chunk)
             await write(chunk)
             chunk = await read()
-        await response.write_eof()
 
     async def _end_broken(
         self,
@@ -364,82 +317,3 @@ class Relay:
         with contextlib.suppress(ConnectionResetError):
             await response.write(stream_error_line(message, exchange.shape, sse=exchange.sse))
             await response.write_eof()
-
-    async def _open(
-        self,
-        request: web.Request,
-        backend: Backend,
-        body: bytes | aiohttp.StreamReader | None,
-        deadlines: Deadlines,
-        path: str,
-        splice: bool = False,
-    ) -> aiohttp.ClientResponse:
-        """Send the request and wait for the answer's headers; the one place where aiohttp
-        client errors before the first byte become olbproxy errors (or a retry)."""
-        headers = upstream_headers(request, backend, body)
-        if splice:
-            # A spliced stream needs a body without chunk framing: HTTP/1.0 (splice.py).
-            headers[SPLICE_HEADER] = "1"
-        try:
-            # Ollama sends its headers with the first token (or, for stream:false, with
-            # the whole answer), so waiting for headers is waiting for the first byte.
-            async with asyncio.timeout(deadlines.first_byte):
-                upstream = await self.session.request(
-                    request.method,
-                    upstream_url(backend, path),
-                    data=body,
-                    headers=headers,
-                    allow_redirects=False,
-                    auto_decompress=False,
-                )
-                if upstream.status == 503:
-                    # Ollama's only 503 is its full load queue: safe to try elsewhere.
-                    text = (await upstream.read()).decode(errors="replace")[:300]
-                    upstream.release()
-                    raise _Retry(f"busy (503): {text.strip()}", kind="busy", busy=True)
-        except TimeoutError:
-            self._failed(backend, "timed out")
-            self.errors[backend.label, "timeout"] += 1
-            raise UpstreamTimeout(
-                f"backend {backend.label} sent no answer in time (first-byte timeout)"
-            ) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise _Retry(f"cannot connect: {exc.os_error}", kind="connect", certain=True) from None
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            raise _Retry(f"connection failed: {exc!r}", kind="reset") from None
-        except aiohttp.ClientError as exc:
-            self.errors[backend.label, "other"] += 1
-            raise UpstreamError(f"backend {backend.label} failed: {exc}") from None
-        return upstream
-
-
-def upstream_url(backend: Backend, path: str) -> URL:
-    """The backend's address for an already-encoded canonical path (edge.upstream_path);
-    ``encoded=True`` so that nothing normalises it into another path on the way."""
-    return URL(backend.url + path, encoded=True)
-
-
-def upstream_headers(
-    request: web.Request, backend: Backend, body: bytes | aiohttp.StreamReader | None
-) -> CIMultiDict[str]:
-    """What a backend is told: its own Host, the allow-listed client headers, and the
-    body's type and length as the proxy read it."""
-    headers: CIMultiDict[str] = CIMultiDict()
-    client = request.headers
-    for name in FORWARDED_REQUEST:
-        value = client.get(name)
-        if value is not None:
-            headers[name] = value
-    headers["Host"] = backend.host_header
-    if isinstance(body, bytes):
-        # Parsed as JSON on every JSON route, whatever the client called it.
-        if BODY in request:
-            headers["Content-Type"] = "application/json"
-        elif "Content-Type" in client:
-            headers["Content-Type"] = client["Content-Type"]
-    elif body is not None:
-        if "Content-Type" in client:
-            headers["Content-Type"] = client["Content-Type"]
-        if request.content_length is not None:
-            headers["Content-Length"] = str(request.content_length)
-    return headers

@@ -105,6 +105,14 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class RelaySettings:
+    # Token streams forwarded from the backend socket's callback (splice.py): the
+    # cheapest way through, on aiohttp internals that tests/test_splice_contract.py
+    # checks. False: every answer through aiohttp's documented API only.
+    splice: bool = True
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     enabled: bool = True
     # "open", "token" (admin bearer), or a separate "host:port" listener.
@@ -162,6 +170,7 @@ class Settings:
     store: StoreSettings = StoreSettings()
     metrics: MetricsSettings = MetricsSettings()
     routes: RoutesSettings = RoutesSettings()
+    relay: RelaySettings = RelaySettings()
     source: str = "<defaults>"
     # Things the operator should read at start-up (e.g. OLLAMA_ENDPOINTS took over).
     notices: tuple[str, ...] = ()

@@ -9,33 +9,87 @@ appends them to the exchange and writes them to the client framed as one HTTP ch
 The handler task sleeps until the end (or until a slow client needs draining).
 
 It needs a body without framing of its own, so spliced requests go to the backend as
-HTTP/1.0: Ollama (Go's net/http) then writes the body raw and closes the connection at
-its end. A connection that closes is therefore the only end signal, whether clean or
-not; what distinguishes a finished answer from a backend that died is the answer itself
-(Ollama's last line is ``"done":true``, an ``{"error"}`` line, or the SSE ``[DONE]``),
-read once at the end by ``complete()``.
+HTTP/1.0 over a session of their own (``spliced_session``: aiohttp's documented
+``version`` and ``force_close``): Ollama (Go's net/http) then writes the body raw and
+closes the connection at its end. A connection that closes is therefore the only end
+signal, whether clean or not; what distinguishes a finished answer from a backend that
+died is the answer itself (Ollama's last line is ``"done":true``, an ``{"error"}``
+line, or the SSE ``[DONE]``), read once at the end by ``exchange.complete()``.
+
+The fence: this module is the only one that touches aiohttp's private or undocumented
+contracts. They are, all of them:
+
+1. ``ClientResponse.connection.protocol`` is the connection's ``ResponseHandler``;
+2. ``ResponseHandler.set_parser(parser, payload)`` hands every later ``data_received``
+   to ``parser.feed_data(data)``, which returns a pair whose first item, when true,
+   ends that (for aiohttp 3.10-3.14 alike, ``(False, b"")`` means "go on"), and
+   ``connection_lost`` calls ``parser.feed_eof()``;
+3. ``ResponseHandler.pause_reading()`` / ``resume_reading()`` stop and restart reading
+   from the backend socket;
+4. the client's transport (``web.Request.transport``) may be written to directly while
+   the handler holds the response open, HTTP/1.1 chunk framing done by hand.
+
+``contract_problems()`` checks what can be checked without a connection, at start-up:
+a proxy on an aiohttp that changed them logs why and relays through documented API
+only, as ``relay.splice: false`` does. ``tests/test_splice_contract.py`` exercises all
+four on real sockets, and setup.cfg admits only the aiohttp versions it passed on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from typing import Any
 
 import aiohttp
 from aiohttp import web
 from aiohttp.client_proto import ResponseHandler
 
-from olbproxy.exchange import Exchange, last_lines
-
-# Set by the relay on a request to send it as HTTP/1.0; removed before it leaves.
-SPLICE_HEADER = "X-Olbproxy-Splice"
+from olbproxy.exchange import Exchange
 
 # Above this many bytes waiting for a slow client, stop reading from the backend until
 # the client has caught up, so a stalled reader cannot make the proxy buffer a whole
 # answer (the backend then blocks in its own write, as it would with a direct client).
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
+
+
+def contract_problems() -> list[str]:
+    """What of contracts 1-3 this aiohttp lacks (empty: the splice can run)."""
+    problems = []
+    for name in ("set_parser", "pause_reading", "resume_reading", "data_received"):
+        if not callable(getattr(ResponseHandler, name, None)):
+            problems.append(f"ResponseHandler.{name} is gone")
+    setter = getattr(ResponseHandler, "set_parser", None)
+    if callable(setter):
+        params = list(inspect.signature(setter).parameters)
+        if params[:3] != ["self", "parser", "payload"]:
+            problems.append(f"ResponseHandler.set_parser takes {params}")
+    if not hasattr(aiohttp.connector.Connection, "protocol"):
+        problems.append("Connection.protocol is gone")
+    return problems
+
+
+def spliced_session(connect_timeout: float) -> aiohttp.ClientSession:
+    """The session spliced requests go out on: HTTP/1.0, one connection per request
+    (the body ends where the connection does, so nothing could be reused anyway)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, force_close=True, ttl_dns_cache=300),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout),
+        version=aiohttp.HttpVersion10,
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+    )
+
+
+def can_splice(request: web.Request, upstream: aiohttp.ClientResponse) -> bool:
+    """Whether this answer can be spliced: a raw body (HTTP/1.0) on an open connection."""
+    return (
+        "transfer-encoding" not in upstream.headers
+        and "content-length" not in upstream.headers
+        and request.transport is not None
+        and upstream.connection is not None
+    )
 
 
 class Splice:
@@ -50,7 +104,6 @@ class Splice:
         "client_gone",
         "ended",
         "framed",
-        "received",
     )
 
     def __init__(
@@ -62,14 +115,12 @@ class Splice:
         self._paused = False
         self._wake: asyncio.Future[None] | None = None
         self.chunks = chunks
-        self.received = 0  # bytes from the backend; the watchdog reads it
         self.ended = False
         self.client_gone = False
 
     # -- called by aiohttp's ResponseHandler.data_received / connection_lost ----------
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
-        self.received += len(data)
         self.chunks.append(data)
         transport = self._transport
         if transport.is_closing():
@@ -127,10 +178,9 @@ async def relay_spliced(
     response: web.StreamResponse,
     exchange: Exchange,
     upstream: aiohttp.ClientResponse,
-    splice: Splice,
-) -> bool:
+) -> None:
     """Forward a spliced answer: the first piece through aiohttp (the headers go out with
-    it), the rest from the socket callback. False when the answer was cut off."""
+    it), the rest from the socket callback, until the backend closes the connection."""
     content = upstream.content
     chunk = await content.readany()
     await response.prepare(request)
@@ -138,52 +188,21 @@ async def relay_spliced(
     if chunk:
         exchange.chunks.append(chunk)
         await response.write(chunk)
-    if not chunk or content.is_eof() or upstream.connection is None:
+    connection = upstream.connection
+    if not chunk or content.is_eof() or connection is None or request.transport is None:
         # The whole answer came at once: nothing left to splice.
         while rest := await content.readany():
             exchange.chunks.append(rest)
             await response.write(rest)
     else:
+        protocol = connection.protocol
+        assert protocol is not None  # an open connection has its protocol
+        splice = Splice(request.transport, exchange.chunks, protocol)
         splice.framed = response.headers.get("Transfer-Encoding") == "chunked"
         # No await from here to set_parser: nothing may slip past the splice.
         if rest := content.read_nowait(-1):
             splice.feed_data(rest)
-        protocol = upstream.connection.protocol
-        assert protocol is not None  # an open connection has its protocol
         protocol.set_parser(splice, content)
         await splice.wait()
         if splice.client_gone:
             raise ConnectionResetError("the client went away")
-    if not complete(exchange.chunks, sse=exchange.sse):
-        return False
-    await response.write_eof()
-    return True
-
-
-def complete(chunks: list[bytes], *, sse: bool) -> bool:
-    """Whether a stream's last line is a proper end of an Ollama answer."""
-    lines = last_lines(chunks)
-    if not lines:
-        return False
-    last = lines[-1]
-    if sse:
-        return last.strip() == b"data: [DONE]" or b'"error"' in last
-    return b'"done":true' in last or last.startswith(b'{"error"')
-
-
-class SpliceRequest(aiohttp.ClientRequest):
-    """The shared session's request class: HTTP/1.0 for requests marked to be spliced.
-
-    aiohttp sets the HTTP version per session, not per request; this keeps one session
-    (one connection pool) for everything and lets the relay choose per request.
-    """
-
-    def __init__(self, method: str, url: Any, **kwargs: Any) -> None:
-        headers = kwargs.get("headers")
-        if headers is not None and SPLICE_HEADER in headers:
-            del headers[SPLICE_HEADER]
-            kwargs["version"] = aiohttp.HttpVersion10
-            # Else aiohttp asks an HTTP/1.0 server for keep-alive, and a body that ends
-            # at the close must not be kept open.
-            headers["Connection"] = "close"
-        super().__init__(method, url, **kwargs)

@@ -12,11 +12,10 @@ import asyncio
 import logging
 from functools import partial
 
-import aiohttp
-
 from olbproxy.pool import Backend, Pool
 from olbproxy.settings import GroupSettings
 from olbproxy.supervisor import Supervisor
+from olbproxy.upstream import Failure, Upstream
 
 log = logging.getLogger("olbproxy.warmup")
 
@@ -38,9 +37,9 @@ def keep_alive_value(text: str) -> str | float:
 
 
 class Warmup:
-    def __init__(self, pool: Pool, session: aiohttp.ClientSession, supervisor: Supervisor) -> None:
+    def __init__(self, pool: Pool, upstream: Upstream, supervisor: Supervisor) -> None:
         self.pool = pool
-        self.session = session
+        self.upstream = upstream
         self.supervisor = supervisor
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -66,18 +65,14 @@ class Warmup:
         if group.keep_alive is not None:
             body["keep_alive"] = keep_alive_value(group.keep_alive)
         try:
-            async with self.session.post(
-                backend.url + "/api/generate",
-                json=body,
-                headers={"Host": backend.host_header, "Content-Type": "application/json"},
-                timeout=aiohttp.ClientTimeout(total=group.first_byte_timeout),
-            ) as resp:
-                text = await resp.text()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("warm-up of %s on %s failed: %r", model, backend.label, exc)
+            status, answer = await self.upstream.fetch_json(
+                backend, "POST", "/api/generate", json=body, seconds=group.first_byte_timeout
+            )
+        except Failure as failure:
+            log.warning("warm-up of %s on %s failed: %s", model, backend.label, failure.message)
             return
-        if resp.status >= 400:
-            log.warning("warm-up of %s on %s: %s %s", model, backend.label, resp.status, text[:200])
+        if status >= 400:
+            log.warning("warm-up of %s on %s: %s %s", model, backend.label, status, answer)
         else:
             log.info("warm-up: %s loaded on %s", model, backend.label)
 

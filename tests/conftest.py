@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
@@ -40,6 +41,11 @@ def group(
     return GroupSettings(name=name, models=models, endpoints=tuple(s.url for s in sims), **kw)
 
 
+# OLBPROXY_SPLICE=0 runs a suite with the splice off (relay.splice: false): `make test`
+# runs the relay, splice and client tests both ways.
+SPLICE = os.environ.get("OLBPROXY_SPLICE", "1") != "0"
+
+
 def make_settings(*groups: GroupSettings, **overrides: Any) -> Settings:
     """Test settings: no auth unless asked, memory store, fast health checks."""
     base = Settings(listen_host="127.0.0.1", listen_port=0, groups=groups, source="<test>")
@@ -48,6 +54,7 @@ def make_settings(*groups: GroupSettings, **overrides: Any) -> Settings:
         "auth": replace(base.auth, enabled=False),
         "store": replace(base.store, backend="memory"),
         "health": replace(base.health, interval=0.2, timeout=1.0),
+        "relay": replace(base.relay, splice=SPLICE),
     }
     for key, value in overrides.items():
         assert key in sections, key

@@ -20,6 +20,7 @@ from aioresponses import aioresponses
 from olbproxy.health import HealthChecker
 from olbproxy.pool import Backend, Pool
 from olbproxy.settings import GroupSettings, HealthSettings, Settings
+from olbproxy.upstream import Upstream
 
 
 @dataclass
@@ -46,7 +47,8 @@ async def probed() -> AsyncIterator[Probed]:
     pool = Pool(Settings(groups=(GroupSettings(name="g", models=("m",), endpoints=(url,)),)))
     changed: list[Backend] = []
     async with aiohttp.ClientSession() as session:
-        health = HealthChecker(pool, session, HealthSettings(fail_threshold=2), changed.append)
+        upstream = Upstream(session)
+        health = HealthChecker(pool, upstream, HealthSettings(fail_threshold=2), changed.append)
         yield Probed(health, pool.backends[url], changed, answers)
     await runner.cleanup()
 
@@ -91,4 +93,4 @@ async def test_timeouts_count_toward_the_threshold(probed: Probed) -> None:
         await probed.health.probe(probed.backend)
         assert probed.backend.healthy
         await probed.health.probe(probed.backend)
-    assert not probed.backend.healthy and "TimeoutError" in str(probed.backend.last_error)
+    assert not probed.backend.healthy and "no answer in time" in str(probed.backend.last_error)

@@ -110,6 +110,7 @@ class RecordedRequest:
     body: bytes
     received_at: float  # time.monotonic()
     target: str = ""  # the request target exactly as received (path and query, undecoded)
+    version: str = "1.1"  # the request's HTTP version
 
 
 @dataclass
@@ -402,6 +403,7 @@ class OllamaSimulator:
                     body=b"" if streamed else await request.read(),
                     received_at=time.monotonic(),
                     target=request.raw_path,
+                    version=f"{request.version.major}.{request.version.minor}",
                 )
             )
             self.changed()
