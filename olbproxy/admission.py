@@ -22,9 +22,6 @@ from olbproxy.errors import Unavailable
 if TYPE_CHECKING:
     from olbproxy.pool import Backend, Group
 
-# What we tell a client to wait before retrying when we cannot queue it.
-RETRY_AFTER = 5.0
-
 
 @dataclass(eq=False)
 class Waiter:
@@ -56,19 +53,18 @@ class Admission:
         """Take a slot for ``model`` on a backend not in ``exclude``; wait if none is free."""
         group = self.group
         if self.closed:
-            raise Unavailable(self.closed, retry_after=RETRY_AFTER)
+            raise Unavailable(self.closed)
         backend = group.pick(model, exclude)  # only healthy backends have a free slot
         if backend is not None:
             backend.take(model)
             return backend
         if not group.healthy(exclude):
-            raise Unavailable(self.none_healthy(exclude), retry_after=RETRY_AFTER)
+            raise Unavailable(self.none_healthy(exclude))
         limit = group.settings.queue_size
         if self.waiting >= limit:
             raise Unavailable(
                 f"group {group.name!r} is at capacity: all slots are busy and "
-                f"{limit} requests are already waiting",
-                retry_after=RETRY_AFTER,
+                f"{limit} requests are already waiting"
             )
         waiter = Waiter(
             user, model, interactive, exclude, asyncio.get_running_loop().create_future()
@@ -80,10 +76,7 @@ class Admission:
                 return await waiter.future
         except TimeoutError:
             self._abandon(waiter)
-            raise Unavailable(
-                f"group {group.name!r} had no free slot for {timeout:g}s",
-                retry_after=RETRY_AFTER,
-            ) from None
+            raise Unavailable(f"group {group.name!r} had no free slot for {timeout:g}s") from None
         except BaseException:
             # The client left (cancellation) or the queue failed us: never keep a slot
             # that a completed future handed over a moment too late.
@@ -111,9 +104,7 @@ class Admission:
                         if not group.healthy(waiter.exclude):
                             self._remove(waiter)
                             reason = self.none_healthy(waiter.exclude)
-                            waiter.future.set_exception(
-                                Unavailable(reason, retry_after=RETRY_AFTER)
-                            )
+                            waiter.future.set_exception(Unavailable(reason))
                             served = True
                             break
                     if served:
@@ -128,7 +119,7 @@ class Admission:
             for lane in lanes:
                 for waiter in list(lane):
                     self._remove(waiter)
-                    waiter.future.set_exception(Unavailable(reason, retry_after=RETRY_AFTER))
+                    waiter.future.set_exception(Unavailable(reason))
 
     def _enqueue(self, waiter: Waiter) -> None:
         lanes = self._users.get(waiter.user)

@@ -135,7 +135,7 @@ class OllamaApi:
     async def version(self, request: web.Request) -> web.StreamResponse:
         version = await self.catalog.version(self._allowed(request))
         if version is None:
-            raise Unavailable("no backend is reachable to report a version", retry_after=5)
+            raise Unavailable("no backend is reachable to report a version")
         return web.json_response({"version": version})
 
     async def tags(self, request: web.Request) -> web.StreamResponse:
@@ -251,7 +251,7 @@ class OllamaApi:
         """Load or unload on every backend of the group (Open WebUI's unload button)."""
         backends = group.healthy()
         if not backends:
-            raise Unavailable(group.admission.none_healthy(()), retry_after=5)
+            raise Unavailable(group.admission.none_healthy(()))
         seconds = group.settings.first_byte_timeout
         path = upstream_path(request)
         calls = (self.relay.send_whole(request, b, path, raw, seconds=seconds) for b in backends)

@@ -120,8 +120,17 @@ class UpstreamError(ProxyError):
     status = 502
 
 
+# What a client is told to wait before trying again when no instance can take it now.
+RETRY_AFTER = 5.0
+
+
 class Unavailable(UpstreamError):
+    """503 with Retry-After (``RETRY_AFTER`` unless the cause knows better)."""
+
     status = 503
+
+    def __init__(self, message: str, *, retry_after: float | None = RETRY_AFTER) -> None:
+        super().__init__(message, retry_after=retry_after)
 
 
 class UpstreamTimeout(UpstreamError):

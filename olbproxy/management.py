@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections import OrderedDict
 
 from aiohttp import web
 
 from olbproxy.body import model_of, read_json, wants_stream
+from olbproxy.cache import Bounded
 from olbproxy.edge import MATCH, Route, route, upstream_path
 from olbproxy.errors import BadRequest, NotFound, Unavailable
 from olbproxy.exchange import Exchange
@@ -25,7 +25,7 @@ from olbproxy.routing import Router
 from olbproxy.settings import Settings
 from olbproxy.upstream import Failure
 
-_BLOB_MEMORY = 4096
+BLOB_HOMES = 4096  # uploaded blobs whose instance is remembered
 ADMINS_ONLY = "model management (pull, push, create, copy, delete, blobs) is for admins"
 # Ollama's blob names: the digest of the content, exactly this shape.
 DIGEST = re.compile(r"sha256[:-][0-9a-f]{64}")
@@ -44,7 +44,7 @@ class ModelManagement:
         self.router = router
         self.relay = relay
         # Which backend holds an uploaded blob, so the /api/create naming it goes there.
-        self.blob_homes: OrderedDict[str, Backend] = OrderedDict()
+        self.blob_homes: Bounded[str, Backend] = Bounded(BLOB_HOMES)
 
     def routes(self) -> list[Route]:
         table = [
@@ -110,7 +110,7 @@ class ModelManagement:
             raise BadRequest(f"invalid blob name {digest!r}: expected sha256:<64 hex digits>")
         backend = self.blob_homes.get(digest) or self.pool.steward()
         if backend is None:
-            raise Unavailable("no healthy backend to hold the blob", retry_after=5)
+            raise Unavailable("no healthy backend to hold the blob")
         body = request.content if request.method == "POST" else None
         response = await self.relay.forward(
             request,
@@ -121,10 +121,7 @@ class ModelManagement:
             deadlines=Deadlines(first_byte=None),
         )
         if response.status < 300:
-            self.blob_homes[digest] = backend
-            self.blob_homes.move_to_end(digest)
-            while len(self.blob_homes) > _BLOB_MEMORY:
-                self.blob_homes.popitem(last=False)
+            self.blob_homes.put(digest, backend)
         return response
 
     async def _each(

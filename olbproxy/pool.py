@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from urllib.parse import urlsplit
 
-from olbproxy.admission import RETRY_AFTER, Admission
+from olbproxy.admission import Admission
 from olbproxy.errors import Unavailable
 from olbproxy.settings import GroupSettings, Settings
 
@@ -252,7 +252,7 @@ class RotatePlacement:
     async def acquire(self, exclude: Sequence[Backend]) -> Backend:
         backend = self.group.rotate(exclude)
         if backend is None:
-            raise Unavailable(self.group.admission.none_healthy(exclude), retry_after=RETRY_AFTER)
+            raise Unavailable(self.group.admission.none_healthy(exclude))
         return backend
 
     def release(self, backend: Backend) -> None:
@@ -271,7 +271,7 @@ class FixedPlacement:
         for backend in self.backends:
             if backend not in exclude and backend.healthy:
                 return backend
-        raise Unavailable("no healthy backend can take this request", retry_after=RETRY_AFTER)
+        raise Unavailable("no healthy backend can take this request")
 
     def release(self, backend: Backend) -> None:
         pass

@@ -150,7 +150,7 @@ class Relay:
             finally:
                 placement.release(backend)
         assert last is not None
-        raise Unavailable(f"no backend could take the request ({last.message})", retry_after=5)
+        raise Unavailable(f"no backend could take the request ({last.message})")
 
     async def send_whole(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
 
+from olbproxy.cache import Bounded
 from olbproxy.errors import Forbidden, ModelNotFound
 from olbproxy.settings import GroupSettings
 
@@ -37,7 +38,7 @@ def _normalise_pattern(pattern: str) -> str:
 class Router:
     """Maps model names to groups; results are memoised since clients reuse few names."""
 
-    _MEMO_LIMIT = 4096
+    MEMO = 4096  # model names remembered; a client inventing names cannot grow it
 
     def __init__(self, groups: Sequence[GroupSettings]) -> None:
         self.apply(groups)
@@ -48,7 +49,7 @@ class Router:
         self._patterns = [
             (group, tuple(_normalise_pattern(p) for p in group.models)) for group in self.groups
         ]
-        self._memo: dict[str, GroupSettings | None] = {}
+        self._memo: Bounded[str, tuple[GroupSettings | None]] = Bounded(self.MEMO)
 
     def route(self, model: str, allowed: frozenset[str] | None) -> GroupSettings:
         """The group for model, for a caller allowed ``allowed`` groups (None: all)."""
@@ -61,10 +62,9 @@ class Router:
 
     def group_for(self, model: str) -> GroupSettings | None:
         key = normalise_model(model)
-        try:
-            return self._memo[key]
-        except KeyError:
-            pass
+        known = self._memo.get(key)
+        if known is not None:
+            return known[0]
         found = next(
             (
                 group
@@ -73,9 +73,7 @@ class Router:
             ),
             None,
         )
-        if len(self._memo) >= self._MEMO_LIMIT:
-            self._memo.clear()
-        self._memo[key] = found
+        self._memo.put(key, (found,))
         return found
 
     def serves(self, model: str) -> bool:

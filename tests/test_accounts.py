@@ -254,7 +254,7 @@ async def test_a_mongodb_outage_during_login_is_a_clear_503(
     assert time.monotonic() - started < 5
     assert (status, body) == (
         503,
-        {"error": "the user database (MongoDB) is unreachable; try again shortly"},
+        {"error": "the database (MongoDB) is unreachable; try again shortly"},
     )
     assert headers["Retry-After"] == "5"
     assert (await register(site, "lee"))[0] == 503

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from olbproxy.cache import Bounded
 from olbproxy.errors import Unavailable
 from olbproxy.store import ApiKey, Store, User
 
@@ -24,7 +25,7 @@ log = logging.getLogger("olbproxy.auth.directory")
 
 T = TypeVar("T", User, ApiKey)
 
-_ABSENT_LIMIT = 10_000
+ABSENT_SIZE = 10_000
 
 
 class Directory:
@@ -46,7 +47,8 @@ class Directory:
         self.users: dict[str, User] = {}
         self.keys: dict[str, ApiKey] = {}
         self.trusted: User | None = None
-        self._absent: dict[str, float] = {}  # "u:<id>" / "k:<id>" -> until (clock)
+        # "u:<id>" / "k:<id>" -> until (clock): ids found missing, not asked again until then.
+        self._absent: Bounded[str, float] = Bounded(ABSENT_SIZE)
         self._down = False
 
     async def user(self, user_id: str) -> User | None:
@@ -79,12 +81,10 @@ class Directory:
         if until is not None:
             if until > self.clock():
                 return None
-            del self._absent[marker]
+            self._absent.pop(marker)
         found = await fetch(ident)
         if found is None:
-            if len(self._absent) >= _ABSENT_LIMIT:
-                self._absent.clear()
-            self._absent[marker] = self.clock() + self.refresh_seconds
+            self._absent.put(marker, self.clock() + self.refresh_seconds)
         else:
             cache[ident] = found
         return found
@@ -106,7 +106,10 @@ class Directory:
         self.keys.update(keys)
         self.trusted = trusted
         now = self.clock()
-        self._absent = {m: t for m, t in self._absent.items() if t > now}
+        for marker in self._absent:
+            until = self._absent.get(marker)
+            if until is not None and until <= now:
+                self._absent.pop(marker)
 
     async def run(self) -> None:
         """Refresh every ``refresh_seconds`` until cancelled; outages are logged once."""

@@ -12,6 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from olbproxy.cache import Bounded
 from olbproxy.errors import TooManyRequests
 
 
@@ -32,7 +33,7 @@ class Throttle:
         self.what = what
         self.clock = clock
         self.max_keys = max_keys
-        self._attempts: dict[str, deque[float]] = {}
+        self._attempts: Bounded[str, deque[float]] = Bounded(max_keys)
 
     def _recent(self, key: str, now: float) -> deque[float] | None:
         stamps = self._attempts.get(key)
@@ -41,7 +42,7 @@ class Throttle:
         while stamps and stamps[0] <= now - self.window:
             stamps.popleft()
         if not stamps:
-            del self._attempts[key]
+            self._attempts.pop(key)
             return None
         return stamps
 
@@ -61,9 +62,9 @@ class Throttle:
         now = self.clock()
         stamps = self._recent(key, now)
         if stamps is None:
-            if len(self._attempts) >= self.max_keys:
-                self._prune(now)
-            stamps = self._attempts[key] = deque()
+            # Under a flood of distinct keys the least recently tried are forgotten.
+            stamps = deque()
+            self._attempts.put(key, stamps)
         stamps.append(now)
         return now
 
@@ -73,11 +74,4 @@ class Throttle:
         if stamps is not None and stamp in stamps:
             stamps.remove(stamp)
             if not stamps:
-                del self._attempts[key]
-
-    def _prune(self, now: float) -> None:
-        for key in list(self._attempts):
-            self._recent(key, now)
-        # Under a flood of distinct keys, forget the oldest rather than grow without bound.
-        while len(self._attempts) >= self.max_keys:
-            del self._attempts[next(iter(self._attempts))]
+                self._attempts.pop(key)

@@ -26,6 +26,7 @@ from typing import Literal
 
 import jwt
 
+from olbproxy.cache import Bounded
 from olbproxy.settings import AuthSettings
 from olbproxy.store import ApiKey, User
 
@@ -56,7 +57,7 @@ class Tokens:
         self.settings = settings
         self.cache_size = cache_size
         self.clock = clock
-        self._verified: dict[str, Claims] = {}
+        self._verified: Bounded[str, Claims] = Bounded(cache_size)
 
     def issue(self, user: User, ttl: float | None = None) -> tuple[str, datetime]:
         s = self.settings
@@ -102,12 +103,9 @@ class Tokens:
             ):
                 return "invalid"
             claims = Claims(subject, float(expires), epoch)
-            if len(self._verified) >= self.cache_size:
-                # Dicts keep insertion order: drop the oldest entry.
-                del self._verified[next(iter(self._verified))]
-            self._verified[token] = claims
+            self._verified.put(token, claims)
         if claims.expires <= now:
-            self._verified.pop(token, None)
+            self._verified.pop(token)
             return "expired"
         return claims
 

@@ -32,50 +32,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
 
+from olbproxy.cache import Bounded
 from olbproxy.persistence.record import Record, moment
 from olbproxy.store import Message, Room, RoomStep, Store
 
 log = logging.getLogger("olbproxy.persistence.filing")
-
-K = TypeVar("K")
-V = TypeVar("V")
 
 CACHE_SIZE = 10_000
 
 
 def new_room_id() -> str:
     return secrets.token_hex(16)
-
-
-class Bounded(Generic[K, V]):
-    """A dict that forgets its least recently used entries beyond ``size``."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._data: OrderedDict[K, V] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        value = self._data.get(key)
-        if value is not None:
-            self._data.move_to_end(key)
-        return value
-
-    def put(self, key: K, value: V) -> None:
-        self._data[key] = value
-        self._data.move_to_end(key)
-        while len(self._data) > self.size:
-            self._data.popitem(last=False)
-
-    def pop(self, key: K) -> None:
-        self._data.pop(key, None)
-
-    def __len__(self) -> int:
-        return len(self._data)
 
 
 @dataclass(slots=True)

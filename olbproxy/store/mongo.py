@@ -29,9 +29,8 @@ a server that accepts connections but never answers cannot hold the recorder eit
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -40,7 +39,6 @@ from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import (
     ConfigurationError,
-    ConnectionFailure,
     DuplicateKeyError,
 )
 
@@ -56,21 +54,10 @@ from olbproxy.store import (
     UserChanges,
     Users,
 )
-from olbproxy.store.mongo_rooms import Document, MongoMessages, MongoRooms, bounded
+from olbproxy.store.mongo_errors import mongo_errors
+from olbproxy.store.mongo_rooms import Document, MongoMessages, MongoRooms
 
 log = logging.getLogger("olbproxy.store")
-
-
-@contextlib.contextmanager
-def reachable() -> Iterator[None]:
-    """Turn "MongoDB did not answer" into the 503 every caller should give."""
-    try:
-        yield
-    except ConnectionFailure as exc:
-        log.warning("MongoDB is unreachable: %s", exc)
-        raise Unavailable(
-            "the user database (MongoDB) is unreachable; try again shortly", retry_after=5
-        ) from exc
 
 
 def client(uri: str, timeout: float) -> AsyncMongoClient[Document]:
@@ -148,7 +135,7 @@ class MongoUsers:
         self.indexed = False
 
     async def ensure_indexes(self) -> None:
-        with reachable():
+        with mongo_errors():
             await self.collection.create_index(
                 [("username_key", ASCENDING)],
                 unique=True,
@@ -161,7 +148,7 @@ class MongoUsers:
         if not self.indexed:  # uniqueness rests on the index: never insert without it
             await self.ensure_indexes()
         doc = {"_id": _oid(user.id), **_user_fields(user)}
-        with reachable():
+        with mongo_errors():
             try:
                 await self.collection.insert_one(doc)
                 return
@@ -177,24 +164,24 @@ class MongoUsers:
             raise Conflict(f"a user with id {user.id} exists already")
 
     async def get(self, user_id: str) -> User | None:
-        with reachable():
+        with mongo_errors():
             doc = await self.collection.find_one({"_id": _oid(user_id), **_OURS})
         return None if doc is None else _user(doc)
 
     async def find(self, username_key: str) -> User | None:
-        with reachable():
+        with mongo_errors():
             doc = await self.collection.find_one({"username_key": username_key})
         return None if doc is None else _user(doc)
 
     async def get_many(self, user_ids: Collection[str]) -> list[User]:
         if not user_ids:
             return []
-        with reachable():
+        with mongo_errors():
             cursor = self.collection.find({"_id": {"$in": [_oid(i) for i in user_ids]}, **_OURS})
             return [_user(doc) async for doc in cursor]
 
     async def list(self) -> list[User]:
-        with reachable():
+        with mongo_errors():
             cursor = self.collection.find(_OURS).sort("username_key", ASCENDING)
             return [_user(doc) async for doc in cursor]
 
@@ -202,7 +189,7 @@ class MongoUsers:
         fields: Document = dict(changes)
         if "groups" in fields and fields["groups"] is not None:
             fields["groups"] = sorted(fields["groups"])
-        with reachable():
+        with mongo_errors():
             result = await self.collection.update_one(
                 {"_id": _oid(user_id), **_OURS}, {"$set": fields}
             )
@@ -214,7 +201,7 @@ class MongoKeys:
         self.collection = collection
 
     async def ensure_indexes(self) -> None:
-        with reachable():
+        with mongo_errors():
             await self.collection.create_index([("user_id", ASCENDING)], name="user_id")
 
     async def add(self, key: ApiKey) -> None:
@@ -228,31 +215,31 @@ class MongoKeys:
             "created_at": key.created_at,
             "revoked_at": key.revoked_at,
         }
-        with reachable():
+        with mongo_errors():
             try:
                 await self.collection.insert_one(doc)
             except DuplicateKeyError:
                 raise Conflict(f"an API key with id {key.id} exists already") from None
 
     async def get(self, key_id: str) -> ApiKey | None:
-        with reachable():
+        with mongo_errors():
             doc = await self.collection.find_one({"_id": key_id})
         return None if doc is None else _key(doc)
 
     async def get_many(self, key_ids: Collection[str]) -> list[ApiKey]:
         if not key_ids:
             return []
-        with reachable():
+        with mongo_errors():
             return [_key(doc) async for doc in self.collection.find({"_id": {"$in": [*key_ids]}})]
 
     async def list(self, user_id: str | None = None) -> list[ApiKey]:
         query = {} if user_id is None else {"user_id": user_id}
-        with reachable():
+        with mongo_errors():
             cursor = self.collection.find(query).sort([("created_at", ASCENDING), ("_id", 1)])
             return [_key(doc) async for doc in cursor]
 
     async def revoke(self, key_id: str, at: datetime) -> bool:
-        with reachable():
+        with mongo_errors():
             result = await self.collection.update_one(
                 {"_id": key_id, "revoked_at": None}, {"$set": {"revoked_at": at}}
             )
@@ -289,7 +276,7 @@ class MongoStore:
         return self._messages
 
     async def ping(self) -> None:
-        with bounded(self.seconds):
+        with mongo_errors(self.seconds):
             await self.client.admin.command("ping")
 
     async def start(self) -> None:
@@ -323,7 +310,7 @@ async def read_seed_users(
     """
     seed = client(uri, seconds)
     try:
-        with reachable():
+        with mongo_errors():
             cursor = seed[database][collection].find({"username_key": {"$exists": False}})
             docs = [doc async for doc in cursor]
     finally:

@@ -9,42 +9,21 @@ and are read tolerantly.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import pymongo
-from bson.errors import BSONError
 from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
+from pymongo.errors import BulkWriteError
 
-from olbproxy.errors import ProxyError, Unavailable
 from olbproxy.store import Mark, Message, MessageKind, Room, RoomStep
+from olbproxy.store.mongo_errors import mongo_errors
 
 Document = dict[str, Any]
 
 _DUPLICATE_KEY = 11000
-
-
-@contextlib.contextmanager
-def bounded(seconds: float) -> Iterator[None]:
-    """One deadline for a room or message read or write. An outage (or the deadline) becomes
-    ``Unavailable``; a database that answers but refuses becomes a plain ``ProxyError``."""
-    try:
-        with pymongo.timeout(seconds):
-            yield
-    except ConnectionFailure as exc:
-        # pymongo appends its whole topology description: keep the first, telling part.
-        reason = str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0][:200]
-        raise Unavailable(f"MongoDB is unreachable: {reason}", retry_after=5) from exc
-    except PyMongoError as exc:
-        if exc.timeout:
-            raise Unavailable(f"MongoDB did not answer in {seconds:g}s", retry_after=5) from exc
-        raise ProxyError(f"MongoDB refused the operation: {exc}") from exc
-    except BSONError as exc:  # e.g. a document over 16 MiB
-        raise ProxyError(f"MongoDB cannot store this document: {exc}") from exc
 
 
 def _duplicates(exc: BulkWriteError, docs: Sequence[Document]) -> set[str]:
@@ -109,7 +88,7 @@ class _Collection:
 
 class MongoRooms(_Collection):
     async def ensure_indexes(self) -> None:
-        with bounded(self.seconds):
+        with mongo_errors(self.seconds):
             await self.collection.create_index(
                 [("user_id", ASCENDING), ("updated_at", DESCENDING), ("_id", DESCENDING)],
                 name="user_updated",
@@ -117,7 +96,7 @@ class MongoRooms(_Collection):
         self.indexed = True
 
     async def get(self, room_id: str) -> Room | None:
-        with bounded(self.seconds):
+        with mongo_errors(self.seconds):
             doc = await self.collection.find_one({"_id": room_id})
         return None if doc is None else _room(doc)
 
@@ -129,7 +108,7 @@ class MongoRooms(_Collection):
         docs = [{"_id": r.id, **_room_fields(r)} for r in rooms]
         # Plain inserts, not upserts: one batched write instead of a lookup per room
         # (a tenth of the time on a batch of 200); an id that exists is reported back.
-        with bounded(self.seconds):
+        with mongo_errors(self.seconds):
             try:
                 await self.collection.insert_many(docs, ordered=False)
             except BulkWriteError as exc:
@@ -143,7 +122,7 @@ class MongoRooms(_Collection):
             UpdateOne({"_id": s.room_id}, {"$max": {"turns": s.turns, "updated_at": s.updated_at}})
             for s in steps
         ]
-        with bounded(self.seconds):
+        with mongo_errors(self.seconds):
             await self.collection.bulk_write(ops, ordered=False)
 
     async def list(self, user_id: str, *, limit: int, before: Mark | None = None) -> list[Room]:
@@ -155,12 +134,12 @@ class MongoRooms(_Collection):
                 {"updated_at": at, "_id": {"$lt": room_id}},
             ]
         order = [("updated_at", DESCENDING), ("_id", DESCENDING)]
-        with bounded(self.seconds):
+        with mongo_errors(self.seconds):
             cursor = self.collection.find(query).sort(order).limit(limit)
             return [_room(doc) async for doc in cursor]
 
     async def rename(self, room_id: str, title: str) -> Room | None:
-        with bounded(self.seconds):
+        with mongo_errors(self.seconds):
             doc = await self.collection.find_one_and_update(
                 {"_id": room_id},
                 {"$set": {"title": title}},
@@ -169,14 +148,14 @@ class MongoRooms(_Collection):
         return None if doc is None else _room(doc)
 
     async def delete(self, room_id: str) -> bool:
-        with bounded(self.seconds):
+        with mongo_errors(self.seconds):
             result = await self.collection.delete_one({"_id": room_id})
         return result.deleted_count > 0
 
 
 class MongoMessages(_Collection):
     async def ensure_indexes(self) -> None:
-        with bounded(self.seconds):
+        with mongo_errors(self.seconds):
             await self.collection.create_index(
                 [("room_id", ASCENDING), ("started_at", ASCENDING), ("_id", ASCENDING)],
                 name="room_started",
@@ -192,7 +171,7 @@ class MongoMessages(_Collection):
         if not self.indexed:  # MongoDB was down at start: index before the first write
             await self.ensure_indexes()
         docs = [_message_doc(m) for m in messages]
-        with bounded(self.seconds):
+        with mongo_errors(self.seconds):
             try:
                 await self.collection.insert_many(docs, ordered=False)
             except BulkWriteError as exc:
@@ -202,7 +181,7 @@ class MongoMessages(_Collection):
     async def get_many(self, ids: Collection[str]) -> list[Message]:
         if not ids:
             return []
-        with bounded(self.seconds):
+        with mongo_errors(self.seconds):
             cursor = self.collection.find({"_id": {"$in": [*ids]}})
             return [_message(doc) async for doc in cursor]
 
@@ -210,7 +189,7 @@ class MongoMessages(_Collection):
         if not hashes:
             return None
         query = {"user_id": user_id, "full_hash": {"$in": [*hashes]}, "room_id": {"$ne": None}}
-        with bounded(self.seconds):
+        with mongo_errors(self.seconds):
             cursor = self.collection.find(query).sort("started_at", ASCENDING).limit(100)
             found = {doc["full_hash"]: _message(doc) async for doc in cursor}
         return next((found[h] for h in hashes if h in found), None)
@@ -231,11 +210,11 @@ class MongoMessages(_Collection):
                 {"started_at": at, "_id": {"$gt": message_id}},
             ]
         order = [("started_at", ASCENDING), ("_id", ASCENDING)]
-        with bounded(self.seconds):
+        with mongo_errors(self.seconds):
             cursor = self.collection.find(query).sort(order).limit(limit)
             return [_message(doc) async for doc in cursor]
 
     async def delete_room(self, room_id: str) -> int:
-        with bounded(self.seconds):
+        with mongo_errors(self.seconds):
             result = await self.collection.delete_many({"room_id": room_id})
         return result.deleted_count
