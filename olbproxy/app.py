@@ -37,7 +37,8 @@ from olbproxy.relay import Relay
 from olbproxy.routing import Router
 from olbproxy.settings import Settings
 from olbproxy.status import Status
-from olbproxy.store import Store, open_store
+from olbproxy.store import Store
+from olbproxy.store.backends import open_store
 from olbproxy.supervisor import Supervisor
 from olbproxy.upstream import Upstream
 from olbproxy.warmup import Warmup

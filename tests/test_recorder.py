@@ -23,7 +23,8 @@ from olbproxy.persistence.record import record_of
 from olbproxy.persistence.recorder import Recorder
 from olbproxy.settings import Settings
 from olbproxy.simulator import OllamaSimulator
-from olbproxy.store import Message, Room, Store, open_store
+from olbproxy.store import Message, Room, Store
+from olbproxy.store.backends import open_store
 
 MODEL = "gpt-oss:20b"
 USER = "anonymous"  # authentication is off in these tests

@@ -12,7 +12,8 @@ from bson import ObjectId
 from identity import database_of, store_settings
 
 from olbproxy.settings import Settings
-from olbproxy.store import Message, Room, RoomStep, Store, open_store
+from olbproxy.store import Message, Room, RoomStep, Store
+from olbproxy.store.backends import open_store
 from olbproxy.store.mongo import MongoStore
 
 T0 = datetime(2026, 5, 1, 9, 30, tzinfo=UTC)

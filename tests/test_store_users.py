@@ -12,7 +12,8 @@ from mongo import MongoServer
 
 from olbproxy.errors import Conflict, Unavailable
 from olbproxy.settings import Settings
-from olbproxy.store import ApiKey, Store, User, new_id, open_store
+from olbproxy.store import ApiKey, Store, User, new_id
+from olbproxy.store.backends import open_store
 
 
 def moment() -> datetime:

@@ -46,7 +46,7 @@ def admin(operation: Operation) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
         from olbproxy.auth.accounts import Accounts
         from olbproxy.auth.tokens import Tokens
-        from olbproxy.store import open_store
+        from olbproxy.store.backends import open_store
 
         settings = config.load(args.config)
         if settings.store.backend == "memory":

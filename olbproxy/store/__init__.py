@@ -1,6 +1,6 @@
 """Persistence: what olbproxy keeps, behind protocols split by noun, and two backends.
 
-    Store                      the whole persistence layer, opened by ``open_store``
+    Store                      the whole persistence layer, opened by ``backends.open_store``
     ├── users: Users           accounts (username, password hash, role, groups)
     ├── keys: Keys             API keys (hashed; revocable)
     ├── rooms: Rooms           conversations: consecutive turns of one user (persistence/)
@@ -24,8 +24,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TypedDict
 
 from olbproxy.auth.principal import Role
-from olbproxy.errors import ConfigError
-from olbproxy.settings import Settings
 
 
 def now() -> datetime:
@@ -245,19 +243,3 @@ class Store(Protocol):
         """Return once the database answers; ``Unavailable`` when it does not."""
 
     async def close(self) -> None: ...
-
-
-def open_store(settings: Settings) -> Store:
-    """The store named by ``store.backend``; nothing is connected until ``start()``."""
-    if settings.store.backend == "memory":
-        from olbproxy.store.memory import MemoryStore
-
-        return MemoryStore()
-    if not settings.store.mongodb_uri:
-        raise ConfigError(
-            f"{settings.source}: store.mongodb_uri: store.backend mongodb needs a MongoDB URI; "
-            "set MONGODB_URI (environment or .env.local), e.g. mongodb://127.0.0.1:27017/gpt"
-        )
-    from olbproxy.store.mongo import MongoStore
-
-    return MongoStore(settings.store)
