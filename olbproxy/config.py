@@ -11,6 +11,7 @@ import difflib
 import ipaddress
 import os
 from collections.abc import Mapping
+from collections.abc import Mapping as MappingABC
 from dataclasses import MISSING, fields, is_dataclass, replace
 from pathlib import Path
 from types import UnionType
@@ -52,6 +53,8 @@ _TOP_KEYS = {
     "connect_timeout",
     "shutdown_deadline",
     "log_level",
+    "aliases",
+    "show_cache_seconds",
     *_SECTIONS,
 }
 
@@ -103,6 +106,10 @@ class _Reader:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise self.fail(key, f"expected a number of seconds, got {value!r}")
             return float(value)
+        if get_origin(kind) in (dict, Mapping, MappingABC):
+            if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+                raise self.fail(key, f"expected a mapping, got {value!r}")
+            return dict(value)
         if get_origin(kind) is tuple and isinstance(args[0], type) and is_dataclass(args[0]):
             if not isinstance(value, list):
                 raise self.fail(key, f"expected a list of mappings, got {value!r}")
@@ -331,7 +338,28 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError(f"{src}: max_body_bytes: must be at least 1024")
     if settings.metrics.listen:
         parse_listen(settings.metrics.listen, f"{src}: metrics.listen")
+    _validate_aliases(settings)
     return _validate_routes(settings)
+
+
+def _validate_aliases(settings: Settings) -> None:
+    from olbproxy.routing import Router, normalise_model
+
+    router = Router(settings.groups)
+    seen: set[str] = set()
+    for i, alias in enumerate(settings.aliases):
+        key = f"{settings.source}: aliases[{i}]"
+        name = normalise_model(alias.name)
+        if name in seen:
+            raise ConfigError(f"{key}.name: {alias.name!r} is used twice")
+        seen.add(name)
+        if router.group_for(alias.model) is None:
+            raise ConfigError(f"{key}.model: no group serves {alias.model!r}")
+        if "model" in alias.defaults or "name" in alias.defaults:
+            raise ConfigError(f"{key}.defaults: the model is the alias's own 'model'")
+        options = alias.defaults.get("options")
+        if options is not None and not isinstance(options, Mapping):
+            raise ConfigError(f"{key}.defaults.options: expected a mapping")
 
 
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"})

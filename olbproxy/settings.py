@@ -6,8 +6,9 @@ other module only reads it. Defaults here are the ones a fresh deployment gets.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 ModelStore = Literal["shared", "separate"]
 Registration = Literal["open", "invite", "closed"]
@@ -39,6 +40,9 @@ class GroupSettings:
     # make the instance reload the model with a giant KV cache for everybody.
     max_num_ctx: int | None = None
     max_num_predict: int | None = None
+    # ``:cloud`` / ``-cloud`` models are run by ollama.com, not on this Mac: an instance
+    # forwards the prompt there. Refused unless the group allows them (for its users).
+    allow_cloud: bool = False
 
     @property
     def catch_all(self) -> bool:
@@ -125,6 +129,20 @@ Access = Literal["admin", "user"]
 
 
 @dataclass(frozen=True)
+class AliasSettings:
+    """A model name users see, standing for a model with default request fields.
+
+    ``defaults`` are top-level request fields (``think``, ``keep_alive``, ...) and
+    ``options``; a client's own values win unless ``force`` is true.
+    """
+
+    name: str
+    model: str
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    force: bool = False
+
+
+@dataclass(frozen=True)
 class ExtraRoute:
     """A path of a newer Ollama that this proxy does not know yet (``routes.extra``)."""
 
@@ -171,6 +189,10 @@ class Settings:
     metrics: MetricsSettings = MetricsSettings()
     routes: RoutesSettings = RoutesSettings()
     relay: RelaySettings = RelaySettings()
+    aliases: tuple[AliasSettings, ...] = ()
+    # How long an /api/show answer is reused for the same question (editors ask it on
+    # every keystroke; every instance of a group reads one model store).
+    show_cache_seconds: float = 5.0
     source: str = "<defaults>"
     # Things the operator should read at start-up (e.g. OLLAMA_ENDPOINTS took over).
     notices: tuple[str, ...] = ()
