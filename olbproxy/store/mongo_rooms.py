@@ -28,6 +28,11 @@ Document = dict[str, Any]
 _DUPLICATE_KEY = 11000
 
 
+def short_reason(exc: Exception) -> str:
+    """pymongo's message without the topology description it appends (~600 characters)."""
+    return str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0][:200]
+
+
 @contextlib.contextmanager
 def bounded(seconds: float) -> Iterator[None]:
     """One deadline for a room or message read or write. An outage (or the deadline) becomes
@@ -36,9 +41,7 @@ def bounded(seconds: float) -> Iterator[None]:
         with pymongo.timeout(seconds):
             yield
     except ConnectionFailure as exc:
-        # pymongo appends its whole topology description: keep the first, telling part.
-        reason = str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0][:200]
-        raise Unavailable(f"MongoDB is unreachable: {reason}", retry_after=5) from exc
+        raise Unavailable(f"MongoDB is unreachable: {short_reason(exc)}", retry_after=5) from exc
     except PyMongoError as exc:
         if exc.timeout:
             raise Unavailable(f"MongoDB did not answer in {seconds:g}s", retry_after=5) from exc
