@@ -1,8 +1,9 @@
 """create_app(settings) -> web.Application: wiring, middleware order, lifetimes.
 
-Middleware, outermost first: errors (renders every ProxyError in one place), CORS
-preflight, authentication. Long-lived resources hang off typed app keys and are
-built and torn down in ``cleanup_ctx``, so tests and ``serve`` share one path.
+Middleware, outermost first: errors (renders every ProxyError in one place and hands
+it to the access log), CORS preflight, authentication. Long-lived resources hang off
+typed app keys and are built and torn down in ``cleanup_ctx``, so tests and ``serve``
+share one path.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from olbproxy import access
+from olbproxy.access import ACCESS, AccessLog
 from olbproxy.api import OllamaApi
+from olbproxy.audit import AuditTrail
 from olbproxy.auth.authenticator import Authenticator
 from olbproxy.catalog import Catalog
 from olbproxy.errors import ProxyError, render
@@ -50,6 +54,7 @@ STATUS = web.AppKey("STATUS", Status)
 STORE: web.AppKey[Store] = web.AppKey("STORE")
 AUTHENTICATOR = web.AppKey("AUTHENTICATOR", Authenticator)
 RECORDER = web.AppKey("RECORDER", Recorder)
+AUDIT = web.AppKey("AUDIT", AuditTrail)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -87,6 +92,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ProxyError as error:
+        access.refused(request, error)
         return render(error, openai_shape=request.path.startswith("/v1/"))
     except (web.HTTPException, asyncio.CancelledError, ConnectionResetError):
         raise
@@ -156,6 +162,8 @@ async def create_app(settings: Settings) -> web.Application:
     pool = Pool(settings)
     app[ROUTER], app[POOL] = router, pool
 
+    # Before the session: a store the config cannot open fails with nothing to close.
+    store = open_store(settings)
     connector = aiohttp.TCPConnector(
         # Admission control bounds concurrency per backend; a connector limit would only
         # make stream 101 wait behind 100 others (aiohttp's default limit is 100).
@@ -173,6 +181,13 @@ async def create_app(settings: Settings) -> web.Application:
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
     )
     app[SESSION] = session
+
+    async def session_lifetime(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await session.close()
+
+    # First, so that it closes last, and also when a later component fails to start.
+    app.cleanup_ctx.append(session_lifetime)
 
     warmup = Warmup(pool, session)
 
@@ -195,10 +210,14 @@ async def create_app(settings: Settings) -> web.Application:
     catalog = Catalog(pool, router, relay, seconds=settings.health.timeout)
     api = OllamaApi(settings, pool, router, relay, catalog, session)
     app[API] = api
-    management = ModelManagement(settings, pool, router, relay, session)
+    audit = AuditTrail(store, timeout=settings.store.timeout)
+    app[AUDIT] = audit
+    management = ModelManagement(settings, pool, router, relay, session, audit)
+    access_log = AccessLog(enabled=settings.access_log, json_format=settings.log_format == "json")
+    app[ACCESS] = access_log
+    api.observers.append(access_log.observe)
 
     # -- identity (auth.py): authentication middleware, /api/auth/* routes -----------
-    store = open_store(settings)
     authenticator = Authenticator(settings.auth, store)
     app[STORE], app[AUTHENTICATOR] = store, authenticator
 
@@ -207,8 +226,9 @@ async def create_app(settings: Settings) -> web.Application:
         yield
         await store.close()
 
-    # Before every other component's lifetime, so the store closes after they stop.
+    # Before the other components' lifetimes, so the store closes after they stop.
     app.cleanup_ctx.append(store_lifetime)
+    app.cleanup_ctx.append(audit.lifetime)
     if settings.auth.enabled:
         app.middlewares.append(authenticator.middleware)
         app.router.add_routes(authenticator.accounts.routes())
@@ -266,7 +286,6 @@ async def create_app(settings: Settings) -> web.Application:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await warmup.close()
-        await session.close()
 
     app.cleanup_ctx.append(lifetime)
     return app
