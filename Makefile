@@ -8,18 +8,22 @@ TESTDEPS := $(VENV)/.test-installed
 
 .PHONY: demo test lint bench clean
 
+# Each install says what it does first: pip -q is silent for up to two minutes.
 $(RUNTIME): setup.cfg pyproject.toml
-	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	@test -x $(VENV)/bin/python || { echo "make: creating $(VENV) with $(PY)"; $(PY) -m venv $(VENV); }
+	@echo "make: installing olbproxy and its dependencies into $(VENV) (about a minute the first time)"
 	$(VENV)/bin/pip install -q -e .
-	touch $@
+	@touch $@
 
 $(TESTDEPS): $(RUNTIME)
+	@echo "make: installing the test tools into $(VENV): pytest, ruff, mypy, the ollama client (a minute or two)"
 	$(VENV)/bin/pip install -q -e '.[test]'
-	touch $@
+	@touch $@
 
 # SecantusDB (GPL-2.0) is a MongoDB wire-protocol server for tests only: it lives in its
 # own venv so it never becomes a dependency of the package.
 $(SECANTUS)/bin/secantusd-py:
+	@echo "make: installing SecantusDB, the tests' MongoDB wire server, into $(SECANTUS) (about a minute)"
 	$(PY) -m venv $(SECANTUS)
 	$(SECANTUS)/bin/pip install -q SecantusDB==0.7.0b3
 
@@ -27,12 +31,15 @@ demo: $(RUNTIME)
 	$(VENV)/bin/olbproxy demo
 
 lint: $(TESTDEPS)
+	@echo "make: lint (ruff), format check and types (mypy --strict)"
 	$(VENV)/bin/ruff check olbproxy tests bench
 	$(VENV)/bin/ruff format --check olbproxy tests bench
 	$(VENV)/bin/mypy
 
+# -rs: a skipped test says why (e.g. no Prometheus here; CI requires it).
 test: lint $(SECANTUS)/bin/secantusd-py
-	OLBPROXY_SECANTUSD=$(CURDIR)/$(SECANTUS)/bin/secantusd-py $(VENV)/bin/pytest -q
+	@echo "make: running the tests (about two minutes)"
+	OLBPROXY_SECANTUSD=$(CURDIR)/$(SECANTUS)/bin/secantusd-py $(VENV)/bin/pytest -q -rs
 
 bench: $(TESTDEPS) $(SECANTUS)/bin/secantusd-py
 	OLBPROXY_SECANTUSD=$(CURDIR)/$(SECANTUS)/bin/secantusd-py $(VENV)/bin/python bench/run.py $(BENCH_ARGS)
