@@ -32,6 +32,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 from typing import Any
 
 from aiohttp import web
@@ -49,14 +50,29 @@ _VALUE_MAX = 200
 _ATTEMPT: web.RequestKey[tuple[str, str]] = web.RequestKey("access_attempt")
 
 
-def _text_value(value: Any) -> str:
-    text = str(value)
+_PLAIN = re.compile(r'[^\s"=\\]+')
+
+
+def _text(fields: dict[str, Any]) -> str:
+    """``key=value ...``; strings a client could have chosen are quoted when needed."""
+    parts = []
+    for key, value in fields.items():
+        if type(value) is int:
+            parts.append(f"{key}={value}")
+            continue
+        text = str(value)
+        if len(text) <= _VALUE_MAX and _PLAIN.fullmatch(text) and text.isprintable():
+            parts.append(f"{key}={text}")
+        else:
+            parts.append(f"{key}={_quoted(text)}")
+    return " ".join(parts)
+
+
+def _quoted(text: str) -> str:
     if len(text) > _VALUE_MAX:
         text = text[:_VALUE_MAX] + "..."
-    if not text or any(c in text for c in ' "=\\') or not text.isprintable():
-        # Quoted with JSON's escapes: a path or a name can never start a new line.
-        return json.dumps(text, ensure_ascii=False)
-    return text
+    # JSON's escapes: a path or a name can never start a new line of the log.
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _ms(seconds: float | None) -> int | None:
@@ -85,10 +101,17 @@ class AccessLog:
         if not self.enabled:
             return
         present = {k: v for k, v in fields.items() if v is not None}
+        if not log.isEnabledFor(logging.INFO):
+            return
         if self.json_format:
-            log.info("%s", present.get("event"), extra={FIELDS: present})
+            message, extra = str(present.get("event")), {FIELDS: present}
         else:
-            log.info("%s", " ".join(f"{k}={_text_value(v)}" for k, v in present.items()))
+            message, extra = _text(present), None
+        # makeRecord + handle, not log.info: info() looks up its caller's frame, which
+        # here would cost more than building the whole line.
+        log.handle(
+            log.makeRecord(log.name, logging.INFO, __file__, 0, message, (), None, extra=extra)
+        )
 
     # -- the three sources ---------------------------------------------------------------
 

@@ -59,6 +59,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, ensure_ascii=False, default=str)
 
 
+class _Handoff(logging.handlers.QueueHandler):
+    """Hands records to the writer thread with as little work as possible on the loop.
+
+    The stock ``prepare`` formats the record and copies it; a record without a
+    traceback only needs its message resolved (the writer formats it), which keeps an
+    access line's cost on the event loop to a few microseconds.
+    """
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        if record.exc_info or record.stack_info:
+            prepared: logging.LogRecord = super().prepare(record)  # traceback into the text
+            return prepared
+        if record.args:
+            record.msg, record.args = record.getMessage(), None
+        return record
+
+
 def formatter(log_format: LogFormat) -> logging.Formatter:
     return JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
 
@@ -84,7 +101,7 @@ class Logs:
         self._queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
         self._target = handler
         self._listener = logging.handlers.QueueListener(self._queue, handler)
-        self._handler = logging.handlers.QueueHandler(self._queue)
+        self._handler = _Handoff(self._queue)
         self._previous = logging.NOTSET
         self._running = False
 

@@ -197,10 +197,9 @@ def test_a_login_over_plain_http_from_another_machine_is_a_warning(
 
 
 def test_values_a_client_chose_cannot_start_a_new_line() -> None:
-    assert access._text_value("/api/x\nevent=login user=root") == (
-        '"/api/x\\nevent=login user=root"'
-    )
-    assert access._text_value("kim") == "kim"
+    fields = {"route": "/api/x\nevent=login user=root", "user": "kim", "status": 404}
+    assert access._text(fields) == 'route="/api/x\\nevent=login user=root" user=kim status=404'
+    assert access._text({"user": "김" * 300}) == f'user="{"김" * 200}..."'
 
 
 class _Transport:
