@@ -21,6 +21,7 @@ from mongo import free_port
 
 from olbproxy.app import AUTHENTICATOR, create_app
 from olbproxy.cli import main
+from olbproxy.config import load
 from olbproxy.logs import Logs
 from olbproxy.server import serve
 
@@ -154,3 +155,30 @@ def test_check_config_loads_the_certificate_as_serve_does(
         f"olbproxy: configuration error: {config}: tls_cert/tls_key: {key}: no such file "
         "(relative paths are relative to the working directory)\n"
     )
+
+
+async def test_status_trusts_the_proxys_own_certificate(
+    start_sims: StartSims, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = self_signed(tmp_path)
+    (sim,) = await start_sims(1, tokens_per_second=0)
+    port = free_port()
+    config = tmp_path / "olbproxy.yaml"
+    config.write_text(
+        f"listen: 127.0.0.1:{port}\ntls_cert: {cert}\ntls_key: {key}\n"
+        "auth: {enabled: false}\nstore: {backend: memory}\n"
+        f'groups: [{{name: 20b, models: ["gpt-oss:20b"], endpoints: ["{sim.url}"]}}]\n',
+        encoding="utf-8",
+    )
+    monkeypatch.delenv("OLLAMA_ENDPOINTS", raising=False)
+    settings = load(config, {})
+    listening: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve(settings, ready=listening.set_result, stop=stop))
+    try:
+        await asyncio.wait_for(listening, 10)
+        code = await asyncio.to_thread(main, ["status", "--config", str(config)])
+    finally:
+        stop.set()
+        await server
+    assert code == 0
