@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import getpass
 import io
 import json
@@ -299,6 +300,9 @@ async def test_every_admin_command_says_which_config_and_database_on_stderr(
     ]
 
 
+# pymongo leaks the socket of a connect to a dead server that is under way when the
+# client closes (see test_store_users): collected here, so no later test inherits it.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_user_list_with_mongodb_down_is_one_line_and_no_header(
     cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -310,6 +314,7 @@ async def test_user_list_with_mongodb_down_is_one_line_and_no_header(
         f"olbproxy: config {cli.cfg}, MongoDB database 'gpt' on 127.0.0.1:1",
         "olbproxy: the user database (MongoDB) is unreachable; try again shortly",
     ]
+    gc.collect()
 
 
 def test_ctrl_d_at_the_password_prompt_is_one_line(cfg: Path) -> None:
