@@ -154,6 +154,8 @@ class AccessLog:
             return  # the exchange's own line has told it
         attempt = request.get(_ATTEMPT)
         principal = request.get(PRINCIPAL)
+        if principal is not None and principal.via == "anonymous":
+            principal = None  # a public path: nobody has said who they are
         user = attempt[1] if attempt else principal.name if principal is not None else None
         self.write(
             {

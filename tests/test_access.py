@@ -150,6 +150,8 @@ async def test_logins_are_logged_without_their_passwords(started: Callable[..., 
     signup = {"username": "lee", "password": "a-new-password"}
     async with site.proxy.http.post(site.url + "/api/auth/register", json=signup) as r:
         assert r.status == 201
+    async with site.proxy.http.post(site.url + "/api/auth/register", json=signup) as r:
+        assert r.status == 409
     output = log.lines()
     lines = [json.loads(line) for line in output]
     account = [(o["event"], o["user"], o["status"], o["outcome"]) for o in lines if "event" in o]
@@ -159,6 +161,7 @@ async def test_logins_are_logged_without_their_passwords(started: Callable[..., 
         ("login", "kim", 401, "refused"),
         ("login", "kim", 429, "refused"),
         ("signup", "lee", 201, "ok"),
+        ("signup", "lee", 409, "refused"),
     ]
     ok = next(o for o in lines if o.get("event") == "login")
     assert (ok["client"], ok["tls"]) == ("127.0.0.1", "no")
@@ -167,6 +170,17 @@ async def test_logins_are_logged_without_their_passwords(started: Callable[..., 
         assert secret not in text
     # From this machine, plain HTTP is no risk: no warning.
     assert not [o for o in lines if o["level"] == "WARNING"]
+
+
+async def test_a_sign_up_refused_before_its_body_is_read_is_still_a_sign_up(
+    started: Callable[..., Any],
+) -> None:
+    site, log = await started("text", registration="closed")
+    signup = {"username": "eve", "password": "a-new-password"}
+    async with site.proxy.http.post(site.url + "/api/auth/register", json=signup) as r:
+        assert r.status == 403
+    (line,) = [fields(line) for line in log.access()]
+    assert (line["event"], line["user"], line["status"]) == ("signup", "-", "403")
 
 
 async def test_basic_auth_with_a_password_gets_a_hint_to_use_a_key(

@@ -118,6 +118,7 @@ class Accounts:
 
     async def register(self, request: web.Request) -> web.StreamResponse:
         s = self.settings
+        access.attempt(request, "signup", None)  # its refusal is a sign-up's, name or not
         if s.registration == "closed":
             raise Forbidden("registration is closed: ask an admin to add you")
         _, data = await read_json(request, _BODY_LIMIT)
