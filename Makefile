@@ -6,7 +6,7 @@ SECANTUS := .venv-secantus
 RUNTIME := $(VENV)/.runtime-installed
 TESTDEPS := $(VENV)/.test-installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-properties lint bench clean
 
 # Each install says what it does first: pip -q is silent for up to two minutes.
 $(RUNTIME): setup.cfg pyproject.toml
@@ -40,6 +40,11 @@ lint: $(TESTDEPS)
 test: lint $(SECANTUS)/bin/secantusd-py
 	@echo "make: running the tests (about two minutes)"
 	OLBPROXY_SECANTUSD=$(CURDIR)/$(SECANTUS)/bin/secantusd-py $(VENV)/bin/pytest -q -rs
+
+# The edge's property suite with many more examples than `make test` runs, new ones
+# each time (Hypothesis's "long" profile).
+test-properties: $(TESTDEPS)
+	HYPOTHESIS_PROFILE=long $(VENV)/bin/pytest -q tests/test_edge_properties.py
 
 bench: $(TESTDEPS) $(SECANTUS)/bin/secantusd-py
 	OLBPROXY_SECANTUSD=$(CURDIR)/$(SECANTUS)/bin/secantusd-py $(VENV)/bin/python bench/run.py $(BENCH_ARGS)

@@ -4,7 +4,10 @@ Model requests (generate, chat, embed, the OpenAI-compatible ``/v1`` ones) take 
 slot on one backend of the model's group; metadata requests (show) go round-robin
 without a slot; answers about all backends come from the catalog; load and unload
 requests go to every backend of the group; model management lives in
-management.py. Whatever else Ollama serves goes through unchanged.
+management.py. Ollama's account and experimental routes, and paths of a newer Ollama
+listed in ``routes.extra``, are off unless the configuration enables them; enabled, they
+go to one named instance (``routes.instance``) or, for extra routes that name a model,
+to that model's group.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from olbproxy.auth.principal import OPEN, PRINCIPAL, Principal
+from olbproxy.auth.principal import principal_of
 from olbproxy.body import check_limits, is_load_request, model_of, read_json, wants_stream
 from olbproxy.catalog import Catalog
-from olbproxy.errors import MethodNotAllowed, ProxyError, Unavailable, UpstreamError
+from olbproxy.edge import MATCH, Route, route, upstream_path
+from olbproxy.errors import ProxyError, Unavailable, UpstreamError
 from olbproxy.exchange import EXCHANGE, Exchange, final_counters
-from olbproxy.pool import FixedPlacement, Group, Pool, RotatePlacement, SlotPlacement
+from olbproxy.pool import Backend, FixedPlacement, Group, Pool, RotatePlacement, SlotPlacement
 from olbproxy.relay import Deadlines, Relay
 from olbproxy.routing import Router, normalise_model
 from olbproxy.settings import GroupSettings, Settings
@@ -32,7 +36,6 @@ log = logging.getLogger("olbproxy.api")
 
 Observer = Callable[[Exchange], None]
 Preflight = Callable[[web.Request, Exchange], Awaitable[None]]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Requests that make a model generate: they take a slot and may be persisted.
 MODEL_ENDPOINTS = (
@@ -53,9 +56,18 @@ MODEL_ENDPOINTS = (
 SPLICED = frozenset({"/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions"})
 
 
-def principal_of(request: web.Request) -> Principal:
-    principal: Principal = request.get(PRINCIPAL, OPEN)
-    return principal
+# Ollama's routes that act on an instance's ollama.com identity or reach the internet:
+# off unless the configuration enables them (RoutesSettings).
+ACCOUNT_ROUTES = (
+    ("/api/me", ("POST",)),
+    ("/api/signout", ("POST",)),
+    ("/api/user/keys/{key}", ("DELETE",)),
+)
+EXPERIMENTAL_ROUTES = (
+    ("/api/experimental/web_search", ("POST",)),
+    ("/api/experimental/web_fetch", ("POST",)),
+    ("/api/experimental/model-recommendations", ("GET",)),
+)
 
 
 class OllamaApi:
@@ -82,19 +94,37 @@ class OllamaApi:
         # backend sees the request); may raise a ProxyError.
         self.preflight: list[Preflight] = []
 
-    def routes(self) -> list[web.RouteDef]:
+    def routes(self) -> list[Route]:
         model = self.model_request
-        table: list[tuple[str, tuple[str, ...], Handler]] = [
-            ("/", ("GET",), self.root),
-            ("/api/version", ("GET",), self.version),
-            ("/api/tags", ("GET",), self.tags),
-            ("/api/ps", ("GET",), self.ps),
-            ("/api/show", ("POST",), self.show),
-            ("/v1/models", ("GET",), self.openai_models),
-            ("/v1/models/{model:.+}", ("GET",), self.openai_model),
-            *((path, ("POST",), model) for path in MODEL_ENDPOINTS),
+        table = [
+            *route("/", "GET", self.root, "anonymous"),  # clients probe it
+            *route("/api/version", "GET", self.version),
+            *route("/api/tags", "GET", self.tags),
+            *route("/api/ps", "GET", self.ps),
+            *route("/api/show", "POST", self.show),
+            *route("/v1/models", "GET", self.openai_models),
+            *route("/v1/models/{model:tail}", "GET", self.openai_model),
         ]
-        return method_table(table)
+        for path in MODEL_ENDPOINTS:
+            table += route(path, "POST", model)
+        return table + self._configured_routes()
+
+    def _configured_routes(self) -> list[Route]:
+        """Account, experimental and extra routes, as the configuration enables them."""
+        config = self.settings.routes
+        table: list[Route] = []
+        fixed: list[tuple[str, tuple[str, ...]]] = []
+        if config.account:
+            fixed += ACCOUNT_ROUTES
+        if config.experimental:
+            fixed += EXPERIMENTAL_ROUTES
+        refusal = "this route acts for the whole server: it is for admins"
+        for path, methods in fixed:
+            table += route(path, methods, self.instance_request, "admin", refusal=refusal)
+        for extra in config.extra:
+            handler = self._extra_by_model if extra.model else self.instance_request
+            table += route(extra.path, extra.methods, handler, extra.access, refusal=refusal)
+        return table
 
     async def read(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
         return await read_json(request, self.settings.max_body_bytes, self.settings.body_timeout)
@@ -106,7 +136,7 @@ class OllamaApi:
         return web.Response(text="Ollama is running")
 
     async def version(self, request: web.Request) -> web.StreamResponse:
-        version = await self.catalog.version()
+        version = await self.catalog.version(self._allowed(request))
         if version is None:
             raise Unavailable("no backend is reachable to report a version", retry_after=5)
         return web.json_response({"version": version})
@@ -132,21 +162,22 @@ class OllamaApi:
 
     async def show(self, request: web.Request) -> web.StreamResponse:
         raw, data = await self.read(request)
-        group = self.group_for(request, model_of(data))
+        group = self.group_for(request, model_of(data, legacy_name=True))
         return await self._rotate(request, group, raw)
 
     async def openai_model(self, request: web.Request) -> web.StreamResponse:
-        group = self.group_for(request, request.match_info["model"])
+        group = self.group_for(request, request[MATCH].params["model"])
         return await self._rotate(request, group, None)
 
     async def _rotate(
         self, request: web.Request, group: Group, raw: bytes | None
     ) -> web.StreamResponse:
-        exchange = Exchange(endpoint=request.path, group=group.name)
+        exchange = Exchange(endpoint=request[MATCH].route.path, group=group.name)
         return await self.relay.forward(
             request,
             exchange,
             RotatePlacement(group),
+            path=upstream_path(request),
             body=raw,
             deadlines=Deadlines(first_byte=group.settings.first_byte_timeout),
             attempts=group.settings.max_attempts,
@@ -157,7 +188,7 @@ class OllamaApi:
         model = model_of(data)
         group = self.group_for(request, model)
         check_limits(data, group.settings)
-        endpoint = request.match_info.route.resource.canonical  # type: ignore[union-attr]
+        endpoint = request[MATCH].route.path
         if is_load_request(endpoint, data):
             return await self.fan_out(request, group, raw)
         openai = endpoint.startswith("/v1/")
@@ -196,6 +227,7 @@ class OllamaApi:
                 request,
                 exchange,
                 placement,
+                path=upstream_path(request),
                 body=raw,
                 deadlines=deadlines,
                 attempts=gs.max_attempts,
@@ -228,7 +260,8 @@ class OllamaApi:
         if not backends:
             raise Unavailable(group.admission.none_healthy(()), retry_after=5)
         seconds = group.settings.first_byte_timeout
-        calls = (self.relay.send_whole(request, b, raw, seconds=seconds) for b in backends)
+        path = upstream_path(request)
+        calls = (self.relay.send_whole(request, b, path, raw, seconds=seconds) for b in backends)
         results = await asyncio.gather(*calls, return_exceptions=True)
         answers = [r for r in results if isinstance(r, tuple)]
         for backend, result in zip(backends, results, strict=True):
@@ -240,52 +273,45 @@ class OllamaApi:
         status, content_type, body = chosen
         return web.Response(status=status, body=body, headers={"Content-Type": content_type})
 
-    # -- everything else Ollama serves ----------------------------------------------
+    # -- routes the configuration enables -------------------------------------------
 
-    async def passthrough(self, request: web.Request) -> web.StreamResponse:
-        """Unknown paths go through unchanged, to the model's group when the body names one."""
-        body: bytes | aiohttp.StreamReader | None = None
-        model: str | None = None
-        if request.body_exists and "json" in request.content_type:
-            body, data = await self.read(request)
-            model = data.get("model") if isinstance(data.get("model"), str) else None
-        elif request.body_exists:
-            body = request.content
-        exchange = Exchange(endpoint=request.path, model=model)
-        if model:
-            group = self.group_for(request, model)
-            exchange.group = group.name
-            placement: RotatePlacement | FixedPlacement = RotatePlacement(group)
-            deadlines = Deadlines(
-                first_byte=group.settings.first_byte_timeout, idle=group.settings.idle_timeout
-            )
-        else:
-            backend = self.pool.rotate_any()
-            if backend is None:
-                raise Unavailable("no healthy backend", retry_after=5)
-            placement = FixedPlacement([backend])
-            # Whatever it is, no group would wait longer for a first byte.
-            longest = max((g.first_byte_timeout for g in self.settings.groups), default=600.0)
-            deadlines = Deadlines(first_byte=longest)
+    async def instance_request(self, request: web.Request) -> web.StreamResponse:
+        """Account, experimental and model-less extra routes: one named instance only."""
+        backend = self._instance()
+        body: bytes | None = None
+        if request.body_exists:
+            body = await request.read()  # within max_body_bytes (client_max_size)
+        longest = max((g.first_byte_timeout for g in self.settings.groups), default=600.0)
         return await self.relay.forward(
-            request, exchange, placement, body=body, deadlines=deadlines, attempts=2
+            request,
+            Exchange(endpoint=request[MATCH].route.path),
+            FixedPlacement([backend]),
+            path=upstream_path(request),
+            body=body,
+            deadlines=Deadlines(first_byte=longest),
         )
 
+    def _instance(self) -> Backend:
+        url = self.settings.routes.instance
+        if url is None:
+            url = next((g.endpoints[0] for g in self.settings.groups if g.endpoints), None)
+        backend = self.pool.backends.get(url) if url is not None else None
+        if backend is None:
+            raise Unavailable("no instance is configured for this route (routes.instance)")
+        return backend
 
-def method_table(table: list[tuple[str, tuple[str, ...], Handler]]) -> list[web.RouteDef]:
-    """Routes for each path, plus a 405 for every other method on a path we know."""
-    defs: list[web.RouteDef] = []
-    for path, methods, handler in table:
-        for method in methods:
-            if method == "GET":
-                defs.append(web.get(path, handler))  # HEAD comes with it, as in Ollama
-            else:
-                defs.append(web.route(method, path, handler))
-        allowed = ", ".join(sorted({*methods, "HEAD"} if "GET" in methods else set(methods)))
-
-        async def not_allowed(request: web.Request, allowed: str = allowed) -> web.Response:
-            message = f"method {request.method} is not allowed on {request.path}"
-            raise MethodNotAllowed(message, allow=allowed)
-
-        defs.append(web.route("*", path, not_allowed))
-    return defs
+    async def _extra_by_model(self, request: web.Request) -> web.StreamResponse:
+        """An extra route whose JSON body names a model: that model's group, if allowed."""
+        raw, data = await self.read(request)
+        model = model_of(data, legacy_name=True)
+        group = self.group_for(request, model)
+        gs = group.settings
+        return await self.relay.forward(
+            request,
+            Exchange(endpoint=request[MATCH].route.path, model=model, group=group.name),
+            RotatePlacement(group),
+            path=upstream_path(request),
+            body=raw,
+            deadlines=Deadlines(first_byte=gs.first_byte_timeout, idle=gs.idle_timeout),
+            attempts=gs.max_attempts,
+        )

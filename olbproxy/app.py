@@ -1,30 +1,35 @@
 """create_app(settings) -> web.Application: wiring, middleware order, lifetimes.
 
 Middleware, outermost first: errors (renders every ProxyError in one place and hands
-it to the access log), CORS preflight, authentication. Long-lived resources hang off
-typed app keys and are built and torn down in ``cleanup_ctx``, so tests and ``serve``
-share one path.
+it to the access log), CORS preflight. Then one aiohttp route for every path: the edge
+(edge.py) classifies the request into a route of the table the components contribute,
+authenticates and authorises it. Long-lived resources hang off typed app keys and are
+built and torn down in ``cleanup_ctx``, so tests and ``serve`` share one path.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from fnmatch import fnmatchcase
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
-from olbproxy import access
 from olbproxy.access import ACCESS, AccessLog
 from olbproxy.api import OllamaApi
 from olbproxy.audit import AuditTrail
 from olbproxy.auth.authenticator import Authenticator
 from olbproxy.catalog import Catalog
-from olbproxy.errors import ProxyError, render
+from olbproxy.edge import (
+    Edge,
+    Route,
+    RouteTable,
+    cors_middleware,
+    cors_on_prepare,
+    error_middleware,
+    mark_started,
+)
 from olbproxy.health import HealthChecker
 from olbproxy.management import ModelManagement
 from olbproxy.metrics import Metrics
@@ -37,6 +42,7 @@ from olbproxy.settings import Settings
 from olbproxy.splice import SpliceRequest
 from olbproxy.status import Status
 from olbproxy.store import Store, open_store
+from olbproxy.supervisor import Supervisor
 from olbproxy.warmup import Warmup
 from olbproxy.watchdog import Watchdog
 
@@ -54,100 +60,9 @@ STATUS = web.AppKey("STATUS", Status)
 STORE: web.AppKey[Store] = web.AppKey("STORE")
 AUTHENTICATOR = web.AppKey("AUTHENTICATOR", Authenticator)
 RECORDER = web.AppKey("RECORDER", Recorder)
+EDGE = web.AppKey("EDGE", Edge)
 AUDIT = web.AppKey("AUDIT", AuditTrail)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-# Ollama's default OLLAMA_ORIGINS: local pages and desktop/editor webviews.
-DEFAULT_ORIGINS = (
-    "http://localhost",
-    "https://localhost",
-    "http://localhost:*",
-    "https://localhost:*",
-    "http://127.0.0.1",
-    "https://127.0.0.1",
-    "http://127.0.0.1:*",
-    "https://127.0.0.1:*",
-    "http://0.0.0.0",
-    "https://0.0.0.0",
-    "http://0.0.0.0:*",
-    "https://0.0.0.0:*",
-    "app://*",
-    "file://*",
-    "tauri://*",
-    "vscode-webview://*",
-    "vscode-file://*",
-)
-CORS_HEADERS = (
-    "Authorization, Content-Type, User-Agent, Accept, X-Requested-With, X-Room-Id, "
-    "X-Stainless-Lang, X-Stainless-Package-Version, X-Stainless-OS, X-Stainless-Arch, "
-    "X-Stainless-Retry-Count, X-Stainless-Runtime, X-Stainless-Runtime-Version, "
-    "X-Stainless-Async, X-Stainless-Helper-Method, X-Stainless-Poll-Helper, "
-    "X-Stainless-Custom-Poll-Interval, X-Stainless-Timeout, OpenAI-Beta"
-)
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ProxyError as error:
-        access.refused(request, error)
-        return render(error, openai_shape=request.path.startswith("/v1/"))
-    except (web.HTTPException, asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception as exc:  # the client still deserves Ollama's error shape
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return render(ProxyError(f"internal error: {exc}"), openai_shape=False)
-
-
-def origin_allowed(origin: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatchcase(origin, p) for p in patterns)
-
-
-def cors_middleware(origins: tuple[str, ...]) -> Middleware:
-    patterns = DEFAULT_ORIGINS + origins
-
-    @web.middleware
-    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        if (
-            request.method == "OPTIONS"
-            and origin
-            and "Access-Control-Request-Method" in request.headers
-        ):
-            if not origin_allowed(origin, patterns):
-                return web.Response(status=403, text="origin not allowed")
-            return web.Response(
-                status=204,
-                headers={
-                    "Access-Control-Allow-Origin": origin,
-                    "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS",
-                    "Access-Control-Allow-Headers": request.headers.get(
-                        "Access-Control-Request-Headers", CORS_HEADERS
-                    ),
-                    "Access-Control-Max-Age": "43200",
-                    "Vary": "Origin",
-                },
-            )
-        return await handler(request)
-
-    return cors
-
-
-def cors_on_prepare(
-    origins: tuple[str, ...],
-) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
-    """Adds CORS headers as a response starts, which also covers streamed responses."""
-    patterns = DEFAULT_ORIGINS + origins
-
-    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-        origin = request.headers.get("Origin")
-        if origin and origin_allowed(origin, patterns):
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Vary"] = "Origin"
-
-    return on_prepare
+SUPERVISOR = web.AppKey("SUPERVISOR", Supervisor)
 
 
 async def create_app(settings: Settings) -> web.Application:
@@ -188,8 +103,10 @@ async def create_app(settings: Settings) -> web.Application:
 
     # First, so that it closes last, and also when a later component fails to start.
     app.cleanup_ctx.append(session_lifetime)
+    supervisor = Supervisor()
+    app[SUPERVISOR] = supervisor
 
-    warmup = Warmup(pool, session)
+    warmup = Warmup(pool, session, supervisor)
 
     def backend_changed(backend: Backend) -> None:
         pool.slot_freed(backend)  # wake waiters: a slot appeared, or their hope vanished
@@ -224,15 +141,21 @@ async def create_app(settings: Settings) -> web.Application:
     async def store_lifetime(app: web.Application) -> AsyncIterator[None]:
         await store.start()
         yield
+        await supervisor.close()  # whatever background job is left, before the store
         await store.close()
 
     # Before the other components' lifetimes, so the store closes after they stop.
     app.cleanup_ctx.append(store_lifetime)
     app.cleanup_ctx.append(audit.lifetime)
+    routes: list[Route] = []
     if settings.auth.enabled:
-        app.middlewares.append(authenticator.middleware)
-        app.router.add_routes(authenticator.accounts.routes())
-        app.cleanup_ctx.append(authenticator.lifetime)
+        routes += authenticator.accounts.routes()
+
+        async def identities(app: web.Application) -> AsyncIterator[None]:
+            await authenticator.start(supervisor)
+            yield
+
+        app.cleanup_ctx.append(identities)
 
     # -- persistence (recorder, rooms API) -------------------------------------------
     # Chat and generate exchanges are recorded off the request path; only a named room
@@ -242,8 +165,14 @@ async def create_app(settings: Settings) -> web.Application:
     recorder = Recorder(settings.store, store)
     app[RECORDER] = recorder
     rooms = RoomsApi(store, recorder)
-    app.router.add_routes(rooms.routes())
-    app.cleanup_ctx.append(recorder.lifetime)
+    routes += rooms.routes()
+
+    async def recording(app: web.Application) -> AsyncIterator[None]:
+        await recorder.start(supervisor)
+        yield
+        await recorder.close()  # writes (or spools) what is still queued
+
+    app.cleanup_ctx.append(recording)
     if settings.store.record:
         api.observers.append(recorder.observe)
         api.preflight.append(rooms.preflight)
@@ -259,32 +188,33 @@ async def create_app(settings: Settings) -> web.Application:
     app[METRICS] = metrics
     if settings.metrics.enabled:
         api.observers.append(metrics.observe)
-    for path in metrics.public_paths:
-        authenticator.allow_anonymous(path)
-    app.router.add_routes(metrics.routes())
+    routes += metrics.routes()
     app.cleanup_ctx.append(metrics.listener)
-    status = Status(pool, catalog, relay.errors, backlog=recorder.backlog)
+    status = Status(pool, catalog, relay.errors, backlog=recorder.backlog, jobs=supervisor.snapshot)
     app[STATUS] = status
-    app.router.add_routes(status.routes())
+    routes += status.routes()
+    routes += api.routes()
+    routes += management.routes()
 
-    app.router.add_routes(api.routes())
-    app.router.add_routes(management.routes())
-    # Last: whatever else Ollama serves goes through unchanged.
-    app.router.add_route("*", "/{tail:.*}", api.passthrough)
+    # -- the edge: the one aiohttp route; everything else is refused there ----------------
+    edge = Edge(
+        RouteTable(routes),
+        authenticator.authenticate if settings.auth.enabled else None,
+        failures=authenticator.failures,
+    )
+    app[EDGE] = edge
+    # [\s\S]: every path, newlines included (the edge refuses those itself, in JSON).
+    app.router.add_route("*", r"/{path:[\s\S]*}", edge.dispatch)
+    app.on_response_prepare.append(mark_started)
     app.on_response_prepare.append(cors_on_prepare(settings.origins))
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
-        tasks = [
-            asyncio.create_task(watchdog.run(), name="olbproxy-watchdog"),
-            asyncio.create_task(health.run(), name="olbproxy-health"),
-        ]
+        tasks = [supervisor.spawn("watchdog", watchdog.run), supervisor.spawn("health", health.run)]
         warmup.schedule_all()
         yield
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)
         await warmup.close()
 
     app.cleanup_ctx.append(lifetime)

@@ -1,15 +1,29 @@
-"""The request body: read within the size limit, parsed once, and the facts routing needs.
+"""The request body: read within the size limit and parsed once, the way Ollama reads it.
 
-The parsed JSON is only looked at; the original bytes are what the backend receives,
-so fields Ollama adds tomorrow pass through untouched.
+Ollama decodes a JSON body whatever its ``Content-Type``, so every JSON route parses its
+body as JSON, once; routing, authorisation, limits, recording and forwarding all use that
+one reading (``read_json`` keeps it on the request). The original bytes are what the
+backend receives, so fields Ollama adds tomorrow pass through untouched.
+
+The parser is as strict as Go's ``encoding/json`` where a difference could be used to
+make the proxy and Ollama read one body two ways:
+
+* not UTF-8, a byte order mark, a lone surrogate, ``NaN``, numbers out of range and
+  nesting beyond 1024 levels are refused (orjson refuses all of them);
+* Go matches object keys to struct fields case-insensitively and keeps the last match,
+  so ``{"model": "a", "MODEL": "b"}`` is ``b`` to Ollama: wherever Ollama decodes into its
+  own structs (the top level, ``messages[]`` items, their ``tool_calls[]`` and those
+  calls' ``function``), a key must be written in lowercase ASCII, which every client does.
+  Free-form values (``options``, ``format``, tool schemas, tool arguments) keep their keys
+  as written: Go keeps those as maps, case-sensitively, like Python.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from olbproxy.errors import BadRequest, PayloadTooLarge, RequestTimeout
@@ -27,12 +41,27 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "input": (str, list),
 }
 
+_JSON_NAMES = {
+    str: "a string",
+    bool: "true or false",
+    list: "an array",
+    dict: "an object",
+    int: "a number",
+    float: "a number",
+}
+
+# The parsed body of a request, read once (``read_json``).
+BODY = web.RequestKey("body", dict)
+RAW = web.RequestKey("raw_body", bytes)
+
 
 async def read_json(
     request: web.Request, limit: int, seconds: float = 60.0
 ) -> tuple[bytes, dict[str, Any]]:
     """The raw body and its parsed object; 413 beyond ``limit``, 408 when slower than
-    ``seconds``, 400 when not a JSON object."""
+    ``seconds``, 400 when it is not a JSON object Ollama would read the same way."""
+    if BODY in request:
+        return request[RAW], request[BODY]
     if request.content_length is not None and request.content_length > limit:
         raise too_large(request.content_length, limit)
     try:
@@ -45,18 +74,25 @@ async def read_json(
         raise too_large(None, limit) from None
     except TimeoutError:
         raise RequestTimeout(f"request body not received within {seconds:g}s") from None
+    data = parse_json(raw)
+    request[RAW], request[BODY] = raw, data
+    return raw, data
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """One JSON object, checked as described in the module docstring; 400 otherwise."""
     if not raw.strip():
         raise BadRequest("missing request body")
     try:
-        data = json.loads(raw)
-    except UnicodeDecodeError:
-        raise BadRequest("request body is not UTF-8 JSON") from None
-    except json.JSONDecodeError as exc:
-        raise BadRequest(
-            f"invalid JSON in request body: {exc.msg} (line {exc.lineno}, column {exc.colno})"
-        ) from None
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"invalid JSON in request body: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
+    _check_keys(data, "")
+    messages = data.get("messages")
+    if isinstance(messages, list) and messages:
+        _check_messages(messages)
     for key, kinds in _TYPES.items():
         value = data.get(key)
         if value is not None and (
@@ -64,17 +100,36 @@ async def read_json(
         ):
             names = " or ".join(dict.fromkeys(_JSON_NAMES[k] for k in kinds))
             raise BadRequest(f"field '{key}' must be {names}, got {type(value).__name__}")
-    return raw, data
+    return data
 
 
-_JSON_NAMES = {
-    str: "a string",
-    bool: "true or false",
-    list: "an array",
-    dict: "an object",
-    int: "a number",
-    float: "a number",
-}
+def _check_keys(keys: Any, where: str) -> None:
+    for key in keys:
+        if not key.isascii() or key != key.lower():
+            raise BadRequest(
+                f"field '{where}{key}': Ollama matches field names ignoring case; "
+                "write them in lowercase"
+            )
+
+
+def _check_messages(messages: list[Any]) -> None:
+    # Whole-list operations in C: a chat may carry 100,000 messages.
+    if set(map(type, messages)) != {dict}:
+        raise BadRequest("field 'messages' must be an array of objects")
+    keys: set[str] = set().union(*messages)
+    _check_keys(keys, "messages[].")
+    if "tool_calls" not in keys:
+        return
+    for message in messages:
+        calls = message.get("tool_calls")
+        if not isinstance(calls, list):
+            continue
+        for call in calls:
+            if isinstance(call, dict):
+                _check_keys(call, "messages[].tool_calls[].")
+                function = call.get("function")
+                if isinstance(function, dict):
+                    _check_keys(function, "messages[].tool_calls[].function.")
 
 
 def too_large(size: int | None, limit: int) -> PayloadTooLarge:
@@ -82,9 +137,13 @@ def too_large(size: int | None, limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"request body too large{got}: the limit is {limit} bytes")
 
 
-def model_of(data: dict[str, Any], *, field: str = "model") -> str:
-    """The model a request names (``name`` is Ollama's legacy alias); 400 when missing."""
-    model = data.get(field) or (data.get("name") if field == "model" else None)
+def model_of(data: dict[str, Any], *, field: str = "model", legacy_name: bool = False) -> str:
+    """The model a request names; 400 when missing. ``legacy_name``: Ollama's deprecated
+    ``name`` counts too (show, pull, push, create, delete), as Ollama reads it: only when
+    ``model`` is empty."""
+    model = data.get(field)
+    if not model and legacy_name:
+        model = data.get("name")
     if not isinstance(model, str) or not model.strip():
         raise BadRequest(f"{field} is required")
     return model.strip()

@@ -65,12 +65,21 @@ class Catalog:
                     merged[key] = {**known, "expires_at": model["expires_at"]}
         return merged
 
+    def _backends(self, allowed: Allowed) -> list[Backend]:
+        """Backends of the groups the caller may use: nobody makes a backend of a group
+        they may not use answer anything, not even a listing."""
+        found: dict[str, Backend] = {}
+        for group in self.pool.groups.values():
+            if allowed(group.settings):
+                found.update((b.url, b) for b in group.backends)
+        return list(found.values())
+
     async def tags(self, allowed: Allowed) -> dict[str, Any]:
-        answers = await self._gather("/api/tags", self.pool.all_backends())
+        answers = await self._gather("/api/tags", self._backends(allowed))
         return {"models": list(self._models(answers, allowed).values())}
 
     async def ps(self, allowed: Allowed) -> dict[str, Any]:
-        answers = await self._gather("/api/ps", self.pool.all_backends())
+        answers = await self._gather("/api/ps", self._backends(allowed))
         for backend, answer in answers.items():
             backend.loaded = tuple(
                 str(m.get("name")) for m in answer.get("models") or [] if isinstance(m, dict)
@@ -79,8 +88,8 @@ class Catalog:
         models.sort(key=lambda m: str(m.get("expires_at", "")), reverse=True)
         return {"models": models}
 
-    async def version(self) -> str | None:
-        healthy = [b for b in self.pool.all_backends() if b.healthy]
+    async def version(self, allowed: Allowed) -> str | None:
+        healthy = [b for b in self._backends(allowed) if b.healthy]
         unknown = [b for b in healthy if b.version is None]
         if unknown:
             for backend, answer in (await self._gather("/api/version", unknown)).items():

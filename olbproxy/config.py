@@ -20,7 +20,7 @@ import difflib
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import fields, replace
+from dataclasses import MISSING, fields, is_dataclass, replace
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -35,6 +35,7 @@ from olbproxy.settings import (
     GroupSettings,
     HealthSettings,
     MetricsSettings,
+    RoutesSettings,
     Settings,
     StoreSettings,
 )
@@ -45,6 +46,7 @@ _SECTIONS: dict[str, type] = {
     "auth": AuthSettings,
     "store": StoreSettings,
     "metrics": MetricsSettings,
+    "routes": RoutesSettings,
 }
 _TOP_KEYS = {
     "listen",
@@ -112,6 +114,21 @@ class _Reader:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise self.fail(key, f"expected a number of seconds, got {value!r}")
             return float(value)
+        if get_origin(kind) is tuple and isinstance(args[0], type) and is_dataclass(args[0]):
+            if not isinstance(value, list):
+                raise self.fail(key, f"expected a list of mappings, got {value!r}")
+            item_type: Any = args[0]
+            names = {f.name for f in fields(item_type)}
+            required = [f.name for f in fields(item_type) if f.default is MISSING]
+            items = []
+            for i, item in enumerate(value):
+                where = f"{key}[{i}]"
+                data = self.mapping(where, item, names)
+                for name in required:
+                    if name not in data:
+                        raise self.fail(f"{where}.{name}", "is required")
+                items.append(item_type(**self.dataclass_fields(where, data, item_type)))
+            return tuple(items)
         if get_origin(kind) is tuple:
             if isinstance(value, str):
                 value = [value]
@@ -362,7 +379,29 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError(f"{src}: max_body_bytes: must be at least 1024")
     if settings.metrics.listen:
         parse_listen(settings.metrics.listen, f"{src}: metrics.listen")
-    return settings
+    return _validate_routes(settings)
+
+
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"})
+
+
+def _validate_routes(settings: Settings) -> Settings:
+    src, routes = settings.source, settings.routes
+    endpoints = {url for group in settings.groups for url in group.endpoints}
+    if routes.instance is not None:
+        instance = normalise_endpoint(routes.instance, f"{src}: routes.instance")
+        if instance not in endpoints:
+            raise ConfigError(
+                f"{src}: routes.instance: {routes.instance!r} is not an endpoint of any group"
+            )
+        routes = replace(routes, instance=instance)
+    for i, extra in enumerate(routes.extra):
+        key = f"{src}: routes.extra[{i}]"
+        if not extra.path.startswith("/") or "//" in extra.path or "/." in extra.path:
+            raise ConfigError(f"{key}.path: must be an absolute path like /api/newthing")
+        if not extra.methods or not set(extra.methods) <= _METHODS:
+            raise ConfigError(f"{key}.methods: must be some of {', '.join(sorted(_METHODS))}")
+    return replace(settings, routes=routes)
 
 
 def check_serve(settings: Settings) -> None:

@@ -5,7 +5,8 @@
     ├── StartupError                    cannot start: port taken, spool held (exit status 1)
     ├── BadRequest                 400  malformed JSON, wrong types, missing model
     │   ├── PayloadTooLarge        413  body over the configured limit
-    │   └── RequestTimeout         408  the client sent its body too slowly
+    │   ├── RequestTimeout         408  the client sent its body too slowly
+    │   └── UnsupportedMediaType   415  a compressed request body
     ├── Unauthorized               401  missing, invalid or expired credentials
     ├── Forbidden                  403  authenticated, but not allowed
     ├── NotFound                   404
@@ -17,16 +18,17 @@
         ├── Unavailable            503  no healthy backend, queue full or wait over (Retry-After)
         └── UpstreamTimeout        504  no first byte within the group's timeout
 
-Handlers raise; one middleware (``app.error_middleware``) renders with ``render()``,
-in Ollama's shape ``{"error": "..."}`` or, on ``/v1/*``, in OpenAI's shape as Ollama's
-compatibility layer does. After a response has started nothing is rendered: the relay
-ends the stream with a final error line instead (``stream_error_line``).
+Handlers raise; one middleware (``edge.error_middleware``) renders with ``render()``,
+in Ollama's shape ``{"error": "..."}``, on ``/v1/*`` in OpenAI's shape as Ollama's
+compatibility layer does, and on ``/v1/messages`` in Anthropic's. After a response has
+started nothing is rendered: the stream ends with a final error line instead
+(``stream_error_line``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from typing import Literal
 
 from aiohttp import web
 
@@ -67,6 +69,10 @@ class PayloadTooLarge(BadRequest):
 
 class RequestTimeout(BadRequest):
     status = 408
+
+
+class UnsupportedMediaType(BadRequest):
+    status = 415
 
 
 class Unauthorized(ProxyError):
@@ -128,35 +134,58 @@ class UpstreamTimeout(UpstreamError):
     status = 504
 
 
-def error_body(error: ProxyError, *, openai_shape: bool) -> dict[str, object]:
-    if openai_shape:
-        return {
-            "error": {
-                "message": error.message,
-                "type": error.openai_type,
-                "param": None,
-                "code": None,
-            }
-        }
-    return {"error": error.message}
+# The error shape a client expects: Ollama's own, OpenAI's on /v1 (as Ollama's
+# compatibility layer writes it), Anthropic's on /v1/messages.
+Shape = Literal["ollama", "openai", "anthropic"]
+
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
 
 
-def render(error: ProxyError, *, openai_shape: bool) -> web.Response:
+def shape_of(path: str) -> Shape:
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    return "openai" if path.startswith("/v1/") else "ollama"
+
+
+def _payload(message: str, status: int, openai_type: str, shape: Shape) -> dict[str, object]:
+    if shape == "openai":
+        return {"error": {"message": message, "type": openai_type, "param": None, "code": None}}
+    if shape == "anthropic":
+        kind = _ANTHROPIC_TYPES.get(status, "api_error")
+        return {"type": "error", "error": {"type": kind, "message": message}}
+    return {"error": message}
+
+
+def error_body(error: ProxyError, shape: Shape = "ollama") -> dict[str, object]:
+    return _payload(error.message, error.status, error.openai_type, shape)
+
+
+def render(error: ProxyError, shape: Shape = "ollama") -> web.Response:
     """The single place where an error becomes an HTTP response."""
     return web.Response(
         status=error.status,
-        body=json.dumps(error_body(error, openai_shape=openai_shape)).encode(),
+        body=json.dumps(error_body(error, shape)).encode(),
         content_type="application/json",
         charset="utf-8",
         headers=error.headers(),
     )
 
 
-def stream_error_line(message: str, *, sse: bool) -> bytes:
-    """The last line of a stream that failed after its first byte, as Ollama writes it."""
-    if sse:
-        body: Mapping[str, object] = {
-            "error": {"message": message, "type": "api_error", "param": None, "code": None}
-        }
-        return b"data: " + json.dumps(body).encode() + b"\n\n"
-    return json.dumps({"error": message}).encode() + b"\n"
+def stream_error_line(message: str, shape: Shape = "ollama", *, sse: bool) -> bytes:
+    """The last line of a stream that failed after its first byte, as Ollama writes it:
+    an NDJSON ``{"error"}`` line, or an SSE error frame on the compatibility layers."""
+    if not sse:
+        return json.dumps({"error": message}).encode() + b"\n"
+    body = json.dumps(_payload(message, 500, "api_error", shape)).encode()
+    if shape == "anthropic":
+        return b"event: error\ndata: " + body + b"\n\n"
+    return b"data: " + body + b"\n\n"

@@ -10,12 +10,15 @@ single JSON document alike.
 from __future__ import annotations
 
 import json
-import random
+import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiohttp import web
+
+from olbproxy.errors import Shape, shape_of
 
 Outcome = Literal["pending", "done", "cancelled", "error"]
 
@@ -30,12 +33,10 @@ COUNTER_FIELDS = (
 
 
 def new_id() -> str:
-    # Time-ordered (like uuid7) so records sort by creation; 80 random bits make a
-    # collision within one millisecond negligible. Cheaper than uuid4 on every request.
-    return f"{time.time_ns() // 1_000_000:012x}{_random.getrandbits(80):020x}"
-
-
-_random = random.Random()
+    # Time-ordered (like uuid7) so records sort by creation. The 80 bits after the time
+    # come from the OS's cryptographic source: a room opens under the id of its first
+    # exchange, so nobody may guess the id another user's next room will have.
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.randbits(80):020x}"
 
 
 @dataclass(slots=True, eq=False)
@@ -73,6 +74,10 @@ class Exchange:
     counters: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def shape(self) -> Shape:
+        return shape_of(self.endpoint)
+
+    @property
     def ttft(self) -> float | None:
         return None if self.first_byte is None else self.first_byte - self.t0
 
@@ -95,6 +100,24 @@ class Answer:
     counters: dict[str, Any] = field(default_factory=dict)
     done_reason: str | None = None
     error: str | None = None
+
+
+def last_lines(chunks: Sequence[bytes], count: int = 1) -> list[bytes]:
+    """The last ``count`` non-empty lines of an answer, oldest first: the one rule for
+    where an answer ends (the splice's completeness check, the final counters, the
+    recorder's ``context``). Only as many chunks from the end are joined as hold those
+    lines whole: a long last line (generate's ``context``) may have come in many reads.
+    """
+    taken: list[bytes] = []
+    newlines = 0
+    for chunk in reversed(chunks):
+        taken.append(chunk)
+        newlines += chunk.count(b"\n")
+        # Twice as many newlines as lines: SSE frames end with a blank line.
+        if newlines > 2 * count:
+            break
+    lines = _lines(b"".join(reversed(taken)))
+    return lines[-count:]
 
 
 def _lines(data: bytes) -> list[bytes]:
@@ -124,8 +147,8 @@ def _objects(exchange: Exchange) -> list[dict[str, Any]]:
 
 def final_counters(exchange: Exchange) -> dict[str, Any]:
     """Counters from the final object only: cheap enough for every request."""
-    tail = b"".join(exchange.chunks[-2:])
-    lines = _lines(tail)
+    # SSE: the usage frame comes before "[DONE]" (and a finish frame before it).
+    lines = last_lines(exchange.chunks, 3 if exchange.sse else 1)
     for line in reversed(lines):
         if exchange.sse:
             if not line.startswith(b"data:") or b"usage" not in line:

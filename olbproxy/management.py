@@ -12,27 +12,26 @@ Every operation an admin starts goes to the audit trail (audit.py) before it is 
 from __future__ import annotations
 
 import json
+import re
 from collections import OrderedDict
 
 import aiohttp
 from aiohttp import web
 
-from olbproxy.api import method_table, principal_of
 from olbproxy.audit import AuditTrail
 from olbproxy.body import model_of, read_json, wants_stream
-from olbproxy.errors import Forbidden, NotFound, Unavailable
+from olbproxy.edge import MATCH, Route, route, upstream_path
+from olbproxy.errors import BadRequest, NotFound, Unavailable
 from olbproxy.exchange import Exchange
 from olbproxy.pool import Backend, FixedPlacement, Group, Pool
-from olbproxy.relay import Deadlines, Relay, upstream_headers
+from olbproxy.relay import Deadlines, Relay, upstream_headers, upstream_url
 from olbproxy.routing import Router
 from olbproxy.settings import Settings
 
 _BLOB_MEMORY = 4096
-
-
-def require_admin(request: web.Request) -> None:
-    if not principal_of(request).is_admin:
-        raise Forbidden("model management (pull, push, create, copy, delete, blobs) is for admins")
+ADMINS_ONLY = "model management (pull, push, create, copy, delete, blobs) is for admins"
+# Ollama's blob names: the digest of the content, exactly this shape.
+DIGEST = re.compile(r"sha256[:-][0-9a-f]{64}")
 
 
 class ModelManagement:
@@ -54,25 +53,30 @@ class ModelManagement:
         # Which backend holds an uploaded blob, so the /api/create naming it goes there.
         self.blob_homes: OrderedDict[str, Backend] = OrderedDict()
 
-    def routes(self) -> list[web.RouteDef]:
-        manage = self.manage
-        return method_table(
-            [
-                ("/api/pull", ("POST",), manage),
-                ("/api/push", ("POST",), manage),
-                ("/api/create", ("POST",), manage),
-                ("/api/copy", ("POST",), manage),
-                ("/api/delete", ("DELETE",), manage),
-                ("/api/blobs/{digest}", ("HEAD", "POST"), self.blob),
-            ]
-        )
+    def routes(self) -> list[Route]:
+        table = [
+            ("/api/pull", ("POST",), self.manage),
+            ("/api/push", ("POST",), self.manage),
+            ("/api/create", ("POST",), self.manage),
+            ("/api/copy", ("POST",), self.manage),
+            ("/api/delete", ("DELETE",), self.manage),
+            ("/api/blobs/{digest}", ("HEAD", "POST"), self.blob),
+        ]
+        return [
+            r
+            for path, methods, handler in table
+            for r in route(path, methods, handler, "admin", refusal=ADMINS_ONLY)
+        ]
 
     async def manage(self, request: web.Request) -> web.StreamResponse:
-        require_admin(request)
         raw, data = await read_json(
             request, self.settings.max_body_bytes, self.settings.body_timeout
         )
-        model = model_of(data, field="source" if request.path == "/api/copy" else "model")
+        endpoint = request[MATCH].route.path
+        if endpoint == "/api/copy":
+            model = model_of(data, field="source")
+        else:
+            model = model_of(data, legacy_name=True)
         settings = self.router.group_for(model)
         if settings is None:
             raise NotFound(
@@ -80,18 +84,19 @@ class ModelManagement:
                 f"in {self.settings.source}"
             )
         group = self.pool.groups[settings.name]
-        self.audit.request(request, "model." + request.path.rsplit("/", 1)[-1], model)
+        self.audit.request(request, "model." + endpoint.rsplit("/", 1)[-1], model)
         if settings.model_store == "separate":
             return await self._each(request, group, raw, stream=wants_stream(data, default=True))
         order = group.healthy()
         home = self._blob_home(data, group)
         if home is not None:
             order = [home, *(b for b in order if b is not home)]
-        exchange = Exchange(endpoint=request.path, model=model, group=group.name)
+        exchange = Exchange(endpoint=endpoint, model=model, group=group.name)
         return await self.relay.forward(
             request,
             exchange,
             FixedPlacement(order),
+            path=upstream_path(request),
             body=raw,
             # Pulls of tens of GB pause while verifying: no idle limit here.
             deadlines=Deadlines(first_byte=settings.first_byte_timeout),
@@ -108,8 +113,9 @@ class ModelManagement:
         return None
 
     async def blob(self, request: web.Request) -> web.StreamResponse:
-        require_admin(request)
-        digest = request.match_info["digest"]
+        digest = request[MATCH].params["digest"]
+        if not DIGEST.fullmatch(digest):
+            raise BadRequest(f"invalid blob name {digest!r}: expected sha256:<64 hex digits>")
         backend = self.blob_homes.get(digest) or self.pool.steward()
         if backend is None:
             raise Unavailable("no healthy backend to hold the blob", retry_after=5)
@@ -120,6 +126,7 @@ class ModelManagement:
             request,
             Exchange(endpoint="/api/blobs"),
             FixedPlacement([backend]),
+            path=upstream_path(request),
             body=body,  # streamed, never buffered whole: blobs are gigabytes
             deadlines=Deadlines(first_byte=None),
         )
@@ -135,11 +142,13 @@ class ModelManagement:
     ) -> web.StreamResponse:
         """Separate model stores: the operation on every backend in turn."""
         backends = group.backends
-        operation = request.path.rsplit("/", 1)[-1]
+        operation = request[MATCH].path.rsplit("/", 1)[-1]
         if not stream:
             answer: tuple[int, str, bytes] = (200, "application/json", b"")
             for backend in backends:
-                answer = await self.relay.send_whole(request, backend, raw, seconds=None)
+                answer = await self.relay.send_whole(
+                    request, backend, upstream_path(request), raw, seconds=None
+                )
                 if answer[0] >= 400:
                     break
             status, content_type, body = answer
@@ -169,9 +178,9 @@ class ModelManagement:
         try:
             async with self.session.request(
                 request.method,
-                backend.url + request.raw_path,
+                upstream_url(backend, upstream_path(request)),
                 data=raw,
-                headers=upstream_headers(request, backend, streamed=False),
+                headers=upstream_headers(request, backend, raw),
                 timeout=aiohttp.ClientTimeout(sock_connect=self.settings.connect_timeout),
             ) as upstream:
                 if upstream.status >= 400:

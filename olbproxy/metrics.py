@@ -30,9 +30,8 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from olbproxy.api import method_table, principal_of
 from olbproxy.config import parse_listen
-from olbproxy.errors import Forbidden
+from olbproxy.edge import Access, Route, route
 from olbproxy.exchange import Exchange
 from olbproxy.pool import Pool
 from olbproxy.routing import normalise_model
@@ -211,22 +210,15 @@ class Metrics:
 
     # -- exposition -----------------------------------------------------------------
 
-    @property
-    def public_paths(self) -> tuple[str, ...]:
-        """Paths of the main listener that need no credentials (for the authenticator)."""
+    def routes(self) -> list[Route]:
+        """``/metrics`` on the main listener, unless disabled or served on its own port:
+        open to anyone, or to admins only (``metrics.access: token``)."""
         s = self.settings
-        return (PATH,) if s.enabled and s.access == "open" and not s.listen else ()
-
-    def routes(self) -> list[web.RouteDef]:
-        """``/metrics`` on the main listener, unless disabled or served on its own port."""
-        if not self.settings.enabled or self.settings.listen:
+        if not s.enabled or s.listen:
             return []
-        return method_table([(PATH, ("GET",), self.handle)])
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        if self.settings.access == "token" and not principal_of(request).is_admin:
-            raise Forbidden("metrics are for admins (metrics.access: token)")
-        return await self._handler(request)
+        access: Access = "anonymous" if s.access == "open" else "admin"
+        refusal = "metrics are for admins (metrics.access: token)"
+        return route(PATH, "GET", self._handler, access, refusal=refusal)
 
     async def listener(self, app: web.Application) -> AsyncIterator[None]:
         """cleanup_ctx: serve ``/metrics`` alone on ``metrics.listen`` when configured."""

@@ -29,7 +29,9 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
+from olbproxy.body import BODY
 from olbproxy.errors import (
     Unavailable,
     UpstreamError,
@@ -57,8 +59,11 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# The client's credentials are ours to check, never the backend's to see.
-DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "authorization", "cookie", "expect"}
+# The request headers a backend gets from the client: an allow-list, because an
+# instance forwards the client's headers to ollama.com for :cloud models, and the
+# client's credentials (Authorization, X-Api-Key, cookies) and the identity headers of a
+# front-end are ours to check, never the backend's to see. Ollama reads only these.
+FORWARDED_REQUEST = ("Accept", "User-Agent")
 DROP_RESPONSE = HOP_BY_HOP | {"content-length"}
 STREAMING_TYPES = ("application/x-ndjson", "text/event-stream")
 
@@ -125,9 +130,9 @@ class Relay:
         placement: Placement,
         *,
         body: bytes | aiohttp.StreamReader | None,
+        path: str,
         deadlines: Deadlines,
         attempts: int = 1,
-        path: str | None = None,
     ) -> web.StreamResponse:
         """Try up to ``attempts`` backends before the first byte; then stream the answer."""
         tried: list[Backend] = []
@@ -185,14 +190,20 @@ class Relay:
             return resp.status, None
 
     async def send_whole(
-        self, request: web.Request, backend: Backend, body: bytes, *, seconds: float | None
+        self,
+        request: web.Request,
+        backend: Backend,
+        path: str,
+        body: bytes,
+        *,
+        seconds: float | None,
     ) -> tuple[int, str, bytes]:
         """Send the client's request to one backend and read the whole answer (fan-outs)."""
         async with self.session.request(
             request.method,
-            backend.url + request.raw_path,
+            upstream_url(backend, path),
             data=body,
-            headers=upstream_headers(request, backend, streamed=False),
+            headers=upstream_headers(request, backend, body),
             timeout=aiohttp.ClientTimeout(total=seconds),
         ) as resp:
             return resp.status, resp.headers.get("Content-Type", ""), await resp.read()
@@ -214,7 +225,7 @@ class Relay:
         backend: Backend,
         body: bytes | aiohttp.StreamReader | None,
         deadlines: Deadlines,
-        path: str | None,
+        path: str,
     ) -> web.StreamResponse:
         upstream = await self._open(request, backend, body, deadlines, path, exchange.splice)
         exchange.status = upstream.status
@@ -351,7 +362,7 @@ class Relay:
                 request.transport.close()
             return
         with contextlib.suppress(ConnectionResetError):
-            await response.write(stream_error_line(message, sse=exchange.sse))
+            await response.write(stream_error_line(message, exchange.shape, sse=exchange.sse))
             await response.write_eof()
 
     async def _open(
@@ -360,12 +371,12 @@ class Relay:
         backend: Backend,
         body: bytes | aiohttp.StreamReader | None,
         deadlines: Deadlines,
-        path: str | None,
+        path: str,
         splice: bool = False,
     ) -> aiohttp.ClientResponse:
         """Send the request and wait for the answer's headers; the one place where aiohttp
         client errors before the first byte become olbproxy errors (or a retry)."""
-        headers = upstream_headers(request, backend, streamed=not isinstance(body, bytes | None))
+        headers = upstream_headers(request, backend, body)
         if splice:
             # A spliced stream needs a body without chunk framing: HTTP/1.0 (splice.py).
             headers[SPLICE_HEADER] = "1"
@@ -375,7 +386,7 @@ class Relay:
             async with asyncio.timeout(deadlines.first_byte):
                 upstream = await self.session.request(
                     request.method,
-                    backend.url + (path or request.raw_path),
+                    upstream_url(backend, path),
                     data=body,
                     headers=headers,
                     allow_redirects=False,
@@ -402,12 +413,33 @@ class Relay:
         return upstream
 
 
-def upstream_headers(request: web.Request, backend: Backend, *, streamed: bool) -> CIMultiDict[str]:
+def upstream_url(backend: Backend, path: str) -> URL:
+    """The backend's address for an already-encoded canonical path (edge.upstream_path);
+    ``encoded=True`` so that nothing normalises it into another path on the way."""
+    return URL(backend.url + path, encoded=True)
+
+
+def upstream_headers(
+    request: web.Request, backend: Backend, body: bytes | aiohttp.StreamReader | None
+) -> CIMultiDict[str]:
+    """What a backend is told: its own Host, the allow-listed client headers, and the
+    body's type and length as the proxy read it."""
     headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in request.headers.items():
-        if name.lower() not in DROP_REQUEST:
-            headers.add(name, value)
+    client = request.headers
+    for name in FORWARDED_REQUEST:
+        value = client.get(name)
+        if value is not None:
+            headers[name] = value
     headers["Host"] = backend.host_header
-    if streamed and request.content_length is not None:
-        headers["Content-Length"] = str(request.content_length)
+    if isinstance(body, bytes):
+        # Parsed as JSON on every JSON route, whatever the client called it.
+        if BODY in request:
+            headers["Content-Type"] = "application/json"
+        elif "Content-Type" in client:
+            headers["Content-Type"] = client["Content-Type"]
+    elif body is not None:
+        if "Content-Type" in client:
+            headers["Content-Type"] = client["Content-Type"]
+        if request.content_length is not None:
+            headers["Content-Length"] = str(request.content_length)
     return headers

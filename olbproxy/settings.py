@@ -78,6 +78,10 @@ class AuthSettings:
     min_password_length: int = 8
     trusted_networks: tuple[str, ...] = ()
     trusted_user: str | None = None
+    # Host names a tokenless trusted request may carry besides loopback names, IP literals
+    # and this machine's own name: a web page that rebinds its domain to 127.0.0.1 sends
+    # its own name as Host and must not borrow the network's trust (DNS rebinding).
+    trusted_hosts: tuple[str, ...] = ()
     # Failed logins per username, and attempts per client address, within login_window.
     login_attempts: int = 5
     address_attempts: int = 20
@@ -119,6 +123,38 @@ class MetricsSettings:
     user_labels: bool = False
 
 
+Access = Literal["admin", "user"]
+
+
+@dataclass(frozen=True)
+class ExtraRoute:
+    """A path of a newer Ollama that this proxy does not know yet (``routes.extra``)."""
+
+    path: str
+    methods: tuple[str, ...] = ("POST",)
+    access: Access = "admin"
+    # True: a JSON body whose ``model`` picks the group (and the caller must be allowed
+    # that group); False: sent to ``routes.instance``.
+    model: bool = False
+
+
+@dataclass(frozen=True)
+class RoutesSettings:
+    """Ollama routes beyond inference and model management, all off unless enabled.
+
+    Account routes (``/api/me``, ``/api/signout``, ``DELETE /api/user/keys/...``) act on
+    the ollama.com identity of an instance; experimental ones (web search and fetch) reach
+    the internet. Enabled, they are admin-only and go to one instance, never fanned out.
+    """
+
+    account: bool = False
+    experimental: bool = False
+    # The instance those routes (and model-less extra routes) go to; default: the first
+    # endpoint of the first group.
+    instance: str | None = None
+    extra: tuple[ExtraRoute, ...] = ()
+
+
 @dataclass(frozen=True)
 class Settings:
     listen_host: str = "0.0.0.0"
@@ -146,6 +182,7 @@ class Settings:
     auth: AuthSettings = AuthSettings()
     store: StoreSettings = StoreSettings()
     metrics: MetricsSettings = MetricsSettings()
+    routes: RoutesSettings = RoutesSettings()
     source: str = "<defaults>"
     # Things the operator should read at start-up (e.g. OLLAMA_ENDPOINTS took over).
     notices: tuple[str, ...] = ()

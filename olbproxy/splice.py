@@ -26,7 +26,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.client_proto import ResponseHandler
 
-from olbproxy.exchange import Exchange
+from olbproxy.exchange import Exchange, last_lines
 
 # Set by the relay on a request to send it as HTTP/1.0; removed before it leaves.
 SPLICE_HEADER = "X-Olbproxy-Splice"
@@ -154,15 +154,15 @@ async def relay_spliced(
         await splice.wait()
         if splice.client_gone:
             raise ConnectionResetError("the client went away")
-    if not complete(b"".join(exchange.chunks[-2:]), sse=exchange.sse):
+    if not complete(exchange.chunks, sse=exchange.sse):
         return False
     await response.write_eof()
     return True
 
 
-def complete(tail: bytes, *, sse: bool) -> bool:
-    """Whether a stream's last bytes are a proper end of an Ollama answer."""
-    lines = [line for line in tail.split(b"\n") if line.strip()]
+def complete(chunks: list[bytes], *, sse: bool) -> bool:
+    """Whether a stream's last line is a proper end of an Ollama answer."""
+    lines = last_lines(chunks)
     if not lines:
         return False
     last = lines[-1]

@@ -9,14 +9,13 @@ through the catalog, which keeps them on ``Backend.loaded``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
-from olbproxy.api import method_table, principal_of
 from olbproxy.catalog import Catalog
-from olbproxy.errors import Forbidden
+from olbproxy.edge import Route, route
 from olbproxy.metrics import Backlog
 from olbproxy.pool import Backend, Pool
 
@@ -33,18 +32,18 @@ class Status:
         upstream_errors: Mapping[tuple[str, str], int],
         *,
         backlog: Backlog | None = None,
+        jobs: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.pool = pool
         self.catalog = catalog
         self.upstream_errors = upstream_errors
         self.backlog = backlog
+        self.jobs = jobs
 
-    def routes(self) -> list[web.RouteDef]:
-        return method_table([(PATH, ("GET",), self.handle)])
+    def routes(self) -> list[Route]:
+        return route(PATH, "GET", self.handle, "admin", refusal="the proxy status is for admins")
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        if not principal_of(request).is_admin:
-            raise Forbidden("the proxy status is for admins")
         # Refreshes Backend.loaded; a backend that does not answer keeps its last list.
         await self.catalog.ps(lambda _group: True)
         return web.json_response(self.snapshot())
@@ -66,7 +65,8 @@ class Status:
                 }
             )
         backlog = None if self.backlog is None else dict(self.backlog())
-        return {"groups": groups, "persistence": backlog}
+        jobs = None if self.jobs is None else self.jobs()
+        return {"groups": groups, "persistence": backlog, "jobs": jobs}
 
     def _backend(self, backend: Backend) -> dict[str, Any]:
         errors = {

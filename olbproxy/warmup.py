@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 
 import aiohttp
 
 from olbproxy.pool import Backend, Pool
 from olbproxy.settings import GroupSettings
+from olbproxy.supervisor import Supervisor
 
 log = logging.getLogger("olbproxy.warmup")
 
@@ -36,9 +38,10 @@ def keep_alive_value(text: str) -> str | float:
 
 
 class Warmup:
-    def __init__(self, pool: Pool, session: aiohttp.ClientSession) -> None:
+    def __init__(self, pool: Pool, session: aiohttp.ClientSession, supervisor: Supervisor) -> None:
         self.pool = pool
         self.session = session
+        self.supervisor = supervisor
         self._tasks: set[asyncio.Task[None]] = set()
 
     def schedule(self, backend: Backend) -> None:
@@ -46,7 +49,11 @@ class Warmup:
         for group in self.pool.groups_of(backend):
             if group.settings.warmup:
                 for model in warm_models(group.settings):
-                    task = asyncio.create_task(self.load(backend, group.settings, model))
+                    task = self.supervisor.spawn(
+                        f"warmup {model} on {backend.label}",
+                        partial(self.load, backend, group.settings, model),
+                        restart=False,
+                    )
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
 

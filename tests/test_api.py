@@ -205,12 +205,14 @@ async def test_catch_all_group_takes_unlisted_models(
     assert model_requests(small[0], "/api/embed") == 0
 
 
-async def test_unknown_paths_pass_through_to_a_backend(seed: Seed) -> None:
-    proxy, _, _ = seed
-    async with proxy.http.get(proxy.url + "/api/not-a-route") as resp:
-        # The backend's own answer, unchanged (gin's text 404).
-        assert resp.status == 404
-        assert await resp.text() == "404 page not found"
+async def test_unknown_paths_get_404_and_reach_no_backend(seed: Seed) -> None:
+    proxy, small, large = seed
+    for method, path in (("GET", "/api/not-a-route"), ("POST", "/api/signout"), ("GET", "/x")):
+        async with proxy.http.request(method, proxy.url + path, json={}) as resp:
+            assert resp.status == 404
+            assert (await resp.json())["error"].startswith("404 page not found")
+    seen = {r.path for sim in small + large for r in sim.requests}
+    assert seen <= {"/api/version"}  # the health probes only
 
 
 async def test_cors_preflight_is_answered_for_allowed_origins(seed: Seed) -> None:

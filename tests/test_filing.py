@@ -178,3 +178,32 @@ async def test_a_replay_repairs_progress_lost_between_two_writes(filing: Filing)
     second = record(continues=[first.full_hash])
     await write(fresh, dataclasses.replace(second))
     assert await placed(filing.store, second.id) == (first.id, 2)
+
+
+async def test_a_new_room_never_lands_in_another_users_room_whatever_ids_collide(
+    filing: Filing,
+) -> None:
+    victim = record("u1")
+    # Another user names, ahead of time, the room id the victim's first turn will open.
+    squat = record("u2", named_room=victim.id)
+    await write(filing, squat)
+    await write(filing, victim)
+    room, seq = await placed(filing.store, victim.id)
+    assert room is not None and room != victim.id and seq == 1
+    opened = await filing.store.rooms.get(room)
+    assert opened is not None and opened.user_id == "u1"
+    squatted = await filing.store.rooms.get(victim.id)
+    assert squatted is not None and squatted.user_id == "u2" and squatted.turns == 1
+
+
+async def test_a_room_id_taken_between_planning_and_writing_is_noticed(filing: Filing) -> None:
+    mine = record("u1")
+    plan = await filing.plan([mine], replay=False)
+    # Another proxy sharing the database opens a room under that id for someone else.
+    intruder = dataclasses.replace(plan.rooms[0], user_id="u2")
+    assert await filing.store.rooms.open([intruder]) == set()
+    taken = await filing.store.rooms.open(plan.rooms)
+    assert await filing.clashes(plan, taken)
+    again = await filing.plan([mine], replay=False)
+    assert again.rooms[0].id != mine.id and again.rooms[0].user_id == "u1"
+    assert again.messages[0].room_id == again.rooms[0].id

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from typing import Any
 
 import pytest
 
+from olbproxy.persistence import history as history_module
 from olbproxy.persistence.history import (
     answered,
     context_hash,
@@ -37,7 +39,7 @@ def test_a_continuation_prefix_equals_the_previous_turns_full_hash() -> None:
     first = [{"role": "user", "content": "hello"}]
     turn1 = history(first)
     assert turn1.prefix is None and turn1.candidates == ()
-    full1 = answered(turn1.head, "Hi! How can I help?", [])
+    full1 = answered(turn1, "Hi! How can I help?", [])
     second = [*first, {"role": "assistant", "content": "Hi! How can I help?"}]
     turn2 = history([*second, {"role": "user", "content": "tell me more"}])
     assert turn2.prefix == full1
@@ -47,8 +49,7 @@ def test_a_continuation_prefix_equals_the_previous_turns_full_hash() -> None:
 def test_what_clients_change_on_the_way_back_does_not_break_the_thread() -> None:
     # Answer as recorded: trailing space (the model's), thinking, a native tool call.
     call = {"function": {"name": "search", "arguments": {"q": "서울", "n": 3}}}
-    head = history([{"role": "user", "content": "Café?"}]).head
-    full = answered(head, "It is open ", [call])
+    full = answered(history([{"role": "user", "content": "Café?"}]), "It is open ", [call])
     nfd = unicodedata.normalize("NFD", "Café?")
     sent_back = [
         {"role": "system", "content": "Today is Monday"},  # front-ends rewrite these
@@ -71,7 +72,7 @@ def test_what_clients_change_on_the_way_back_does_not_break_the_thread() -> None
 
 
 def test_a_different_history_is_a_different_conversation() -> None:
-    full = answered(history([{"role": "user", "content": "a"}]).head, "b", [])
+    full = answered(history([{"role": "user", "content": "a"}]), "b", [])
     other = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "c"}]
     assert history([*other, {"role": "user", "content": "d"}]).prefix != full
 
@@ -167,3 +168,34 @@ def test_fragmented_openai_tool_calls_are_put_back_together() -> None:
     ]
     native = [{"function": {"name": "f", "arguments": {"q": "x"}}}]
     assert merge_tool_calls(native) == native
+
+
+def test_a_long_history_is_hashed_from_a_bounded_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    turns = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i}"} for i in range(100_001)
+    ]
+    calls = 0
+    real = history_module.canonical
+
+    def counting(message: Any) -> str:
+        nonlocal calls
+        calls += 1
+        return real(message)
+
+    monkeypatch.setattr(history_module, "canonical", counting)
+    turn = history(turns)
+    # A chat of 100,000 messages costs what one of a few hundred does.
+    assert calls == history_module.WINDOW + history_module.SPAN
+    full = answered(turn, "an answer", [])
+    following = history(
+        [*turns, {"role": "assistant", "content": "an answer"}, {"role": "user", "content": "more"}]
+    )
+    assert following.prefix == full and following.candidates[0] == full
+
+
+def test_histories_that_differ_only_before_the_window_share_their_hashes() -> None:
+    tail = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i}"} for i in range(400)]
+    one = history([{"role": "user", "content": "A"}, *tail])
+    other = history([{"role": "user", "content": "B"}, *tail])
+    short = history(tail[-10:])
+    assert one.head == other.head and one.head != short.head

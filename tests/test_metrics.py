@@ -14,13 +14,12 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 from conftest import Proxy, StartProxy, StartSims, group, make_settings
 from identity import CHAT, Site, bearer, site_settings, start_site
 from prometheus_client.parser import text_string_to_metric_families
 
-from olbproxy.app import METRICS, create_app
-from olbproxy.auth.principal import PRINCIPAL, Principal
+from olbproxy.app import EDGE, METRICS, create_app
+from olbproxy.auth.principal import Principal
 from olbproxy.settings import MetricsSettings, Settings
 from olbproxy.simulator import OllamaSimulator
 
@@ -245,26 +244,17 @@ async def test_open_metrics_are_public_and_listed_for_the_authenticator(
 ) -> None:
     sims = await start_sims(1, tokens_per_second=0)
     proxy = await start_proxy(make_settings(group("20b", (MODEL,), sims)))
-    assert proxy.app[METRICS].public_paths == ("/metrics",)
     page = await scrape(proxy)
     assert page.value("olbproxy_backend_up") == 1
     async with proxy.http.post(proxy.url + "/metrics") as resp:
         assert resp.status == 405
 
 
-def role_from_header() -> Middleware:
+async def role_from_header(request: web.Request) -> Principal:
     """Stands in for authentication: the test says who is asking."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        role = request.headers.get("X-Test-Role")
-        if role == "admin":
-            request[PRINCIPAL] = Principal(id="root", name="root", role="admin")
-        elif role == "user":
-            request[PRINCIPAL] = Principal(id="u1", name="alice", role="user")
-        return await handler(request)
-
-    return middleware
+    if request.headers.get("X-Test-Role") == "admin":
+        return Principal(id="root", name="root", role="admin")
+    return Principal(id="u1", name="alice", role="user")
 
 
 async def test_token_access_requires_an_admin(
@@ -273,9 +263,8 @@ async def test_token_access_requires_an_admin(
     sims = await start_sims(1, tokens_per_second=0)
     settings = with_metrics(make_settings(group("20b", (MODEL,), sims)), access="token")
     app = await create_app(settings)
-    app.middlewares.append(role_from_header())
+    app[EDGE].authenticate = role_from_header
     proxy = await start_proxy(settings, app)
-    assert proxy.app[METRICS].public_paths == ()
     async with proxy.http.get(proxy.url + "/metrics", headers={"X-Test-Role": "user"}) as resp:
         assert resp.status == 403
         assert "admin" in (await resp.json())["error"]
@@ -291,12 +280,12 @@ async def test_separate_listener_serves_metrics_on_its_own_port(
     port = free_port()
     settings = with_metrics(make_settings(group("20b", (MODEL,), sims)), listen=f"127.0.0.1:{port}")
     proxy = await start_proxy(settings)
-    assert proxy.app[METRICS].public_paths == ()
     page = await scrape(proxy, f"http://127.0.0.1:{port}/metrics")
     assert page.value("olbproxy_backend_up") == 1
-    # The main listener has no /metrics of its own: the path goes to Ollama like any other.
+    # The main listener has no /metrics of its own, and no backend is asked for one.
     async with proxy.http.get(proxy.url + "/metrics") as resp:
-        assert "olbproxy_" not in await resp.text()
+        assert resp.status == 404
+    assert not any(r.path == "/metrics" for r in sims[0].requests)
 
 
 async def test_user_labels_only_when_enabled(
@@ -320,9 +309,8 @@ async def test_disabled_metrics_observe_nothing(
     proxy = await start_proxy(settings)
     async with proxy.http.post(proxy.url + "/api/chat", json=chat("d", stream=False)) as r:
         assert r.status == 200
-    assert proxy.app[METRICS].public_paths == ()
     async with proxy.http.get(proxy.url + "/metrics") as resp:
-        assert "olbproxy_" not in await resp.text()
+        assert resp.status == 404
 
 
 @pytest.mark.parametrize("source", ["auth", "backlog"])

@@ -64,7 +64,7 @@ def test_a_streamed_turn_becomes_a_record_with_its_answer_and_counters() -> None
     assert record.done_reason == "stop"
     assert record.ttft_ms == 12.0 and record.duration_ms == 500.0
     assert record.ended_at - record.started_at == 500
-    assert record.full_hash == answered(history(MESSAGES).head, "Hi there", [])
+    assert record.full_hash == answered(history(MESSAGES), "Hi there", [])
     assert record.opens_room and record.prefix_hash is None and record.continues == []
 
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 from aiohttp import web
-from conftest import StartProxy, StartSims, group, make_settings
+from conftest import StartProxy, StartSims, group, make_settings, until
 
 from olbproxy import splice as splice_module
 from olbproxy.settings import GroupSettings
@@ -219,4 +219,29 @@ def _dechunk(data: bytes) -> bytes:
 def test_complete_tells_a_finished_answer_from_a_cut_one(
     tail: bytes, sse: bool, expected: bool
 ) -> None:
-    assert complete(tail, sse=sse) is expected
+    assert complete([tail], sse=sse) is expected
+    # The same bytes in one read each: the last line spans many chunks.
+    assert complete([tail[i : i + 1] for i in range(len(tail))], sse=sse) is expected
+
+
+@pytest.mark.parametrize("pieces", [2, 3, 7])
+async def test_a_final_line_split_over_many_reads_is_a_complete_answer(
+    start_sims: StartSims, start_proxy: StartProxy, pieces: int
+) -> None:
+    from olbproxy.app import RECORDER, STORE
+
+    sims = await start_sims(1, tokens_per_second=0, answer_tokens=3)
+    sims[0].faults.split_final = pieces  # /api/generate's last line carries `context`
+    proxy = await start_proxy(make_settings(group("20b", ("gpt-oss:20b",), sims)))
+    body = {"model": "gpt-oss:20b", "prompt": "one two three " * 200}
+    async with proxy.http.post(proxy.url + "/api/generate", json=body) as resp:
+        lines = [json.loads(line) for line in (await resp.read()).splitlines()]
+    assert lines[-1]["done"] is True and "context" in lines[-1]
+    assert not any("error" in line for line in lines)
+    recorder = proxy.app[RECORDER]
+    await until(lambda: recorder.idle and recorder.stats["written"] == 1)
+    store = proxy.app[STORE]
+    (room,) = await store.rooms.list("anonymous", limit=10)
+    (message,) = await store.messages.list(room.id, limit=10)
+    # Recorded as the complete answer it was, with the final line's counters.
+    assert message.status == "done" and message.counters["eval_count"] == 3

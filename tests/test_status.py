@@ -10,21 +10,21 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from conftest import Proxy, StartProxy, StartSims, group, make_settings
 from identity import bearer, start_site
 
-from olbproxy.app import HEALTH, POOL, STATUS, create_app
-from olbproxy.auth.principal import PRINCIPAL, Principal
+from olbproxy.app import EDGE, HEALTH, POOL, STATUS, create_app
+from olbproxy.auth.principal import Principal
 from olbproxy.cli import status
 from olbproxy.simulator import OllamaSimulator
+from olbproxy.status import PATH as STATUS_PATH
 
 Seed = tuple[Proxy, list[OllamaSimulator], list[OllamaSimulator]]
 CHAT = {"model": "gpt-oss:20b", "messages": [{"role": "user", "content": "hi"}], "stream": False}
 
 
 async def get_status(proxy: Proxy, **headers: str) -> dict[str, Any]:
-    async with proxy.http.get(proxy.url + status.PATH, headers=headers) as resp:
+    async with proxy.http.get(proxy.url + STATUS_PATH, headers=headers) as resp:
         assert resp.status == 200, await resp.text()
         data: dict[str, Any] = await resp.json()
         return data
@@ -98,14 +98,12 @@ async def test_status_is_for_admins(start_sims: StartSims, start_proxy: StartPro
     settings = make_settings(group("20b", ("gpt-oss:20b",), sims))
     app = await create_app(settings)
 
-    @web.middleware
-    async def as_user(request: web.Request, handler: Handler) -> web.StreamResponse:
-        request[PRINCIPAL] = Principal(id="u1", name="alice", role="user")
-        return await handler(request)
+    async def as_user(request: web.Request) -> Principal:
+        return Principal(id="u1", name="alice", role="user")
 
-    app.middlewares.append(as_user)
+    app[EDGE].authenticate = as_user  # stands in for authentication
     proxy = await start_proxy(settings, app)
-    async with proxy.http.get(proxy.url + status.PATH) as resp:
+    async with proxy.http.get(proxy.url + STATUS_PATH) as resp:
         assert resp.status == 403
         assert "admins" in (await resp.json())["error"]
 
@@ -202,7 +200,7 @@ async def test_with_authentication_the_status_takes_an_admin_token(
     site = await start_site(start_sims, start_proxy, None)
     user = await site.user_with_token("alice")
     admin = await site.user_with_token("root", role="admin")
-    http, url = site.proxy.http, site.url + status.PATH
+    http, url = site.proxy.http, site.url + STATUS_PATH
     async with http.get(url) as resp:
         assert resp.status == 401
     async with http.get(url, headers=bearer(user)) as resp:

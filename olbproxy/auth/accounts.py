@@ -24,12 +24,13 @@ from typing import Any
 from aiohttp import web
 
 from olbproxy import access
-from olbproxy.api import method_table
 from olbproxy.auth import passwords
 from olbproxy.auth.principal import Role
+from olbproxy.auth.scripts import mixture_allowed
 from olbproxy.auth.throttle import Throttle
 from olbproxy.auth.tokens import Tokens, new_api_key
 from olbproxy.body import read_json
+from olbproxy.edge import Route, route
 from olbproxy.errors import BadRequest, Conflict, Forbidden, NotFound, ProxyError, Unauthorized
 from olbproxy.settings import AuthSettings
 from olbproxy.store import ApiKey, SeedUser, Store, User, UserChanges, new_id, now
@@ -106,13 +107,11 @@ class Accounts:
             settings.address_attempts, window, what="login attempts from this address"
         )
 
-    def routes(self) -> list[web.RouteDef]:
-        return method_table(
-            [
-                ("/api/auth/register", ("POST",), self.register),
-                ("/api/auth/login", ("POST",), self.login),
-            ]
-        )
+    def routes(self) -> list[Route]:
+        return [
+            *route("/api/auth/register", "POST", self.register, "anonymous"),
+            *route("/api/auth/login", "POST", self.login, "anonymous"),
+        ]
 
     # -- HTTP --------------------------------------------------------------------------
 
@@ -225,6 +224,11 @@ class Accounts:
         groups: frozenset[str] | None = None,
     ) -> User:
         name = normalise_username(username)
+        if not mixture_allowed(name):
+            raise BadRequest(
+                f"username {name!r} mixes scripts that look alike (such as Latin with "
+                "Cyrillic or Greek): write it in one script, or Latin with one other"
+            )
         check_password(password, self.settings.min_password_length)
         key = username_key(name)
         if await self.store.users.find(key) is not None:  # spare the bcrypt; the index decides
@@ -256,11 +260,14 @@ class Accounts:
         return await self.user(username)
 
     async def set_password(self, username: str, password: str) -> User:
+        """A new password; every token issued before it stops working (a new epoch)."""
         check_password(password, self.settings.min_password_length)
+        user = await self.user(username)
         hashed = await asyncio.to_thread(
             passwords.hash_password, password, self.settings.bcrypt_cost
         )
-        return await self.change_user(username, {"password_hash": hashed})
+        changes: UserChanges = {"password_hash": hashed, "token_epoch": user.token_epoch + 1}
+        return await self.change_user(username, changes)
 
     async def create_key(
         self,

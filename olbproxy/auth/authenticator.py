@@ -1,21 +1,25 @@
-"""Authentication: every request's credentials -> a ``Principal`` on ``request[PRINCIPAL]``.
+"""Authentication: a request's credentials -> a ``Principal`` (``authenticate``).
 
-Accepted, in the ``Authorization`` header:
+The edge calls ``authenticate`` for every route that is not public. Accepted:
 
-* ``Bearer <JWT>`` from ``POST /api/auth/login`` or ``olbproxy token issue``;
-* ``Bearer olb_...``, an API key (Open WebUI's connection key, ``OLLAMA_API_KEY``);
-* ``Basic base64(user:<API key or JWT>)`` for clients that only take a URL
-  (LangChain turns ``http://user:key@host`` into this); the user part is ignored.
+* ``Authorization: Bearer <JWT>`` from ``POST /api/auth/login`` or ``olbproxy token issue``;
+* ``Authorization: Bearer olb_...``, an API key (Open WebUI's connection key,
+  ``OLLAMA_API_KEY``, Claude Code's ``ANTHROPIC_AUTH_TOKEN``);
+* ``X-Api-Key: <token or key>``, where the Anthropic SDKs send theirs;
+* ``Authorization: Basic base64(user:<API key or JWT>)`` for clients that only take a
+  URL (LangChain turns ``http://user:key@host`` into this); the user part is ignored.
 
-Without a header, a peer inside ``auth.trusted_networks`` is served as
-``auth.trusted_user`` (the ``ollama`` CLI cannot send a Bearer token). An API key
-marked front-end lets Open WebUI name its end user in ``X-OpenWebUI-User-*`` headers;
-those headers are ignored for every other key. The room named by
+Without credentials, a peer inside ``auth.trusted_networks`` is served as
+``auth.trusted_user`` (the ``ollama`` CLI cannot send a Bearer token), but only when its
+``Host`` names this machine (``trusted_host``): a web page that rebinds its own domain
+to 127.0.0.1 sends that domain as ``Host`` and must not borrow the network's trust.
+An API key marked front-end lets Open WebUI name its end user in ``X-OpenWebUI-User-*``
+headers; those headers are ignored for every other key. The room named by
 ``X-OpenWebUI-Chat-Id`` is put on ``Principal.room_hint``.
 
-Public, with ``ANONYMOUS`` as principal: GET/HEAD ``/`` (clients probe it), CORS
-preflights, ``/api/auth/register`` and ``/api/auth/login``, and the paths other
-components register with ``allow_anonymous(path)`` before the app starts.
+A token carries its user's token epoch (``ep``); a password change raises the epoch, so
+every token issued before it is refused once the directory has the new user (within
+``auth.cache_seconds``), like a disabled account.
 
 A known token or key costs a dict lookup or two: verified tokens are cached by
 tokens.py and users and keys by directory.py, never a database round trip or a bcrypt.
@@ -27,10 +31,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import ipaddress
+import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from urllib.parse import unquote
 
@@ -39,11 +43,12 @@ from aiohttp import web
 from olbproxy.auth import passwords
 from olbproxy.auth.accounts import Accounts, username_key
 from olbproxy.auth.directory import Directory
-from olbproxy.auth.principal import ANONYMOUS, PRINCIPAL, Principal
+from olbproxy.auth.principal import Principal
 from olbproxy.auth.tokens import Tokens, key_id_of, key_matches
 from olbproxy.errors import Forbidden, Unauthorized
 from olbproxy.settings import AuthSettings
 from olbproxy.store import Store, User
+from olbproxy.supervisor import Supervisor
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -81,49 +86,24 @@ class Authenticator:
         self._networks: tuple[Network, ...] = tuple(
             ipaddress.ip_network(n, strict=False) for n in settings.trusted_networks
         )
-        self._anonymous: set[str] = {"/api/auth/register", "/api/auth/login"}
+        self._hosts = trusted_host_names(settings.trusted_hosts)
 
-    def allow_anonymous(self, path: str) -> None:
-        """Serve ``path`` (exact, any method) without credentials, e.g. ``/metrics``.
-
-        Call before the app starts. Handlers of such a path see ``ANONYMOUS``.
-        """
-        self._anonymous.add(path)
-
-    def is_public(self, request: web.Request) -> bool:
-        path = request.path
-        if path == "/":
-            return request.method in ("GET", "HEAD")
-        if request.method == "OPTIONS":
-            # Only CORS preflights (the cors middleware answers them before this one).
-            return "Access-Control-Request-Method" in request.headers
-        return path in self._anonymous
-
-    async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
-        """cleanup_ctx: keep the directory fresh; prepare the unknown-user dummy hash."""
+    async def start(self, supervisor: Supervisor) -> None:
+        """Keep the directory fresh; prepare the unknown-user dummy hash."""
         await asyncio.to_thread(passwords.dummy_hash, self.settings.bcrypt_cost)
-        task = asyncio.create_task(self.directory.run(), name="olbproxy-directory")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self.is_public(request):
-            request[PRINCIPAL] = ANONYMOUS
-            return await handler(request)
-        request[PRINCIPAL] = await self.authenticate(request)
-        try:
-            return await handler(request)
-        except Forbidden:  # a model outside the user's groups, or an admin-only route
-            self.failures["forbidden"] += 1
-            raise
+        supervisor.spawn("identities", self.directory.run)
 
     async def authenticate(self, request: web.Request) -> Principal:
         header = request.headers.get("Authorization")
         if not header:
-            if self._networks and self._trusted_peer(request.remote):
+            api_key = request.headers.get("X-Api-Key", "").strip()
+            if api_key:
+                return await self._credential(request, api_key, "bearer")
+            if (
+                self._networks
+                and self._trusted_peer(request.remote)
+                and trusted_host(request.headers.get("Host"), self._hosts)
+            ):
                 return await self._trusted()
             raise self._reject("missing", f"authentication required: {HOW}")
         scheme, _, credential = header.partition(" ")
@@ -160,6 +140,8 @@ class Authenticator:
         user = await self.directory.user(claims.subject)
         if user is None:
             raise self._reject("invalid", "the token's user does not exist any more")
+        if claims.epoch != user.token_epoch:
+            raise self._reject("revoked", "token revoked (the password changed): log in again")
         return self._principal(user, via="token" if scheme == "bearer" else "basic")
 
     async def _api_key(
@@ -184,17 +166,17 @@ class Authenticator:
     def _end_user(self, request: web.Request, key: Principal) -> Principal:
         """Open WebUI's end user, named by its forwarded headers, within the key's rights."""
         headers = request.headers
-        chat = headers.get(OWUI_CHAT, "").strip()[:_HEADER_VALUE_MAX] or None
-        user_id = headers.get(OWUI_ID, "").strip()[:_HEADER_VALUE_MAX]
+        chat = clean(headers.get(OWUI_CHAT, "")) or None
+        user_id = clean(headers.get(OWUI_ID, ""))
         if not user_id:
             # Open WebUI's own calls (model lists) carry no user: they are the key's.
             return replace(key, room_hint=chat)
         # Open WebUI percent-encodes the name (quote(name, safe=" ")).
-        name = unquote(headers.get(OWUI_NAME, "")).strip() or headers.get(OWUI_EMAIL, "").strip()
+        name = clean(unquote(headers.get(OWUI_NAME, ""))) or clean(headers.get(OWUI_EMAIL, ""))
         admin = key.is_admin and headers.get(OWUI_ROLE, "").strip().lower() == "admin"
         return Principal(
             id=f"owui:{user_id}",
-            name=(name or user_id)[:_HEADER_VALUE_MAX],
+            name=name or user_id,
             role="admin" if admin else "user",
             groups=key.groups,
             via=key.via,
@@ -233,3 +215,44 @@ class Authenticator:
     def _reject(self, reason: str, message: str) -> Unauthorized:
         self.failures[reason] += 1
         return Unauthorized(message)
+
+
+# Line breaks and other controls become spaces; bidirectional formatting goes.
+_CONTROL: dict[int, str | None] = {
+    **dict.fromkeys([*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029], " "),
+    **dict.fromkeys([0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]),
+}
+
+
+def clean(value: str) -> str:
+    """A name taken from a header, fit to store and show: control and bidirectional
+    formatting characters removed (they forge log lines and reorder what a reader sees),
+    whitespace collapsed, at most 256 characters."""
+    return " ".join(value.translate(_CONTROL).split())[:_HEADER_VALUE_MAX]
+
+
+def trusted_host_names(configured: tuple[str, ...]) -> frozenset[str]:
+    names = {"localhost", socket.gethostname().lower()}
+    names |= {f"{name}.local" for name in tuple(names) if "." not in name}
+    return frozenset(names | {h.strip().lower().rstrip(".") for h in configured})
+
+
+def trusted_host(host: str | None, names: frozenset[str]) -> bool:
+    """Whether ``Host`` names this machine: an IP literal (a page served from an address
+    is that address's own), ``localhost`` and its subdomains, this machine's name, or
+    ``auth.trusted_hosts``. A rebound domain is none of these. Browsers always send a
+    Host; a request without one is not a web page's."""
+    if host is None:
+        return True
+    host = host.strip().lower()
+    if host.startswith("["):
+        host = host[1 : host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    host = host.rstrip(".")
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    return host in names or host.endswith(".localhost")

@@ -39,3 +39,8 @@ ANONYMOUS = Principal(id="anonymous", name="anonymous", groups=frozenset(), via=
 
 # The request's principal, set by the authentication middleware (aiohttp wants typed keys).
 PRINCIPAL = web.RequestKey("principal", Principal)
+
+
+def principal_of(request: web.Request) -> Principal:
+    """Who is asking; set by the edge before any handler runs."""
+    return request[PRINCIPAL]

@@ -1,7 +1,8 @@
 """Bearer credentials: signed login tokens (JWT) and API keys.
 
 Tokens are HS256 JWTs (``auth.jwt_algorithm``) with ``sub`` (user id), ``name``,
-``role``, ``iat`` and ``exp``, plus ``iss``/``aud`` when configured. The algorithm is
+``role``, ``iat``, ``exp`` and ``ep`` (the user's token epoch: a password change raises
+it and so revokes older tokens), plus ``iss``/``aud`` when configured. The algorithm is
 pinned by the configuration, never read from the token, so ``alg: none`` and tokens
 signed with another algorithm are refused. A token verified once is remembered (a
 bounded dict keyed by the token string) until its ``exp``: PyJWT costs tens of
@@ -39,6 +40,7 @@ Rejection = Literal["invalid", "expired"]
 class Claims:
     subject: str  # user id
     expires: float  # unix time
+    epoch: int = 0  # the user's token epoch when issued (``ep``; absent in older tokens)
 
 
 class Tokens:
@@ -66,6 +68,7 @@ class Tokens:
             "role": user.role,
             "iat": now,
             "exp": expires,
+            "ep": user.token_epoch,
         }
         if s.issuer:
             claims["iss"] = s.issuer
@@ -91,9 +94,14 @@ class Tokens:
             except jwt.InvalidTokenError:
                 return "invalid"
             subject, expires = payload.get("sub"), payload.get("exp")
-            if not isinstance(subject, str) or not isinstance(expires, int | float):
+            epoch = payload.get("ep", 0)
+            if (
+                not isinstance(subject, str)
+                or not isinstance(expires, int | float)
+                or not isinstance(epoch, int)
+            ):
                 return "invalid"
-            claims = Claims(subject, float(expires))
+            claims = Claims(subject, float(expires), epoch)
             if len(self._verified) >= self.cache_size:
                 # Dicts keep insertion order: drop the oldest entry.
                 del self._verified[next(iter(self._verified))]

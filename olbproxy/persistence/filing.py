@@ -12,7 +12,11 @@ the order the exchanges finished (turn N is always recorded before turn N+1 exis
 3. otherwise the history hashes (history.py) find the turn this one continues,
    first in memory, then in the database;
 4. otherwise a new room opens, its id the exchange id of its first record: replaying
-   that record can only ever open the same room.
+   that record can only ever open the same room. Exchange ids are random (the OS's
+   cryptographic source), but whatever collides, a room is never shared: when the id
+   is another user's room already (found while planning, or taken by another proxy
+   between planning and writing: ``clashes``), the record opens a room under a fresh
+   random id instead.
 
 Positions (``seq``) count the room's turns. Room documents only grow (``$max`` of turns
 and updated_at), so a replay that finds its message already written re-applies the
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,6 +46,10 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 CACHE_SIZE = 10_000
+
+
+def new_room_id() -> str:
+    return secrets.token_hex(16)
 
 
 class Bounded(Generic[K, V]):
@@ -178,7 +187,17 @@ class Filing:
             room = await self._continued(plan, record)
         if room is None and record.opens_room:
             room = record.id
-            self._open(plan, record, room)
+            owner = await self._owner(plan, room)
+            if owner is not None and owner != record.user_id:
+                log.error(
+                    "record %s: room id %s belongs to another user; opening a fresh room",
+                    record.id,
+                    room,
+                )
+                room = new_room_id()
+                owner = None
+            if owner is None:
+                self._open(plan, record, room)
         if room is None:
             plan.messages.append(record.message(None, None))
             return
@@ -188,6 +207,17 @@ class Filing:
         plan.messages.append(record.message(room, seq))
         if record.full_hash:
             plan.heads[record.user_id, record.full_hash] = room
+
+    async def clashes(self, plan: Plan, taken: set[str]) -> bool:
+        """Whether a room this plan opens was taken by another user meanwhile (another
+        proxy sharing the database): the batch must then be planned again."""
+        for room in plan.rooms:
+            if room.id in taken:
+                existing = await self.store.rooms.get(room.id)
+                if existing is not None and existing.user_id != room.user_id:
+                    log.error("room id %s was taken by another user meanwhile", room.id)
+                    return True
+        return False
 
     def _open(self, plan: Plan, record: Record, room_id: str) -> None:
         plan.rooms.append(record.room(room_id))

@@ -2,9 +2,10 @@
 
 Ollama clients resend the whole history with every turn, so the history itself tells
 which earlier turn a request continues. Each message is reduced to a canonical form
-that survives a round trip through any client we know (``canonical``) and the forms
-are chained with sha256 (``History``): the chain value after ``messages[:-1]`` of a new
-request equals the chain value a previous turn stored for ``messages + [answer]``.
+that survives a round trip through any client we know (``canonical``) and the forms of
+the newest WINDOW messages are hashed together with sha256 (``History``): the hash of
+``messages[:-1]`` of a new request equals the hash a previous turn stored for
+``messages + [answer]``.
 
 The canonical form keeps role, text and tool calls (name and parsed arguments) only:
 
@@ -35,8 +36,12 @@ GENERATE = "/api/generate"
 RECORDED = CHAT_ENDPOINTS | {GENERATE}
 
 _THREADED_ROLES = frozenset({"user", "assistant", "tool"})
-# Older turns a request may continue: the newest prefixes ending in an answer.
+# Older turns a request may continue: the newest prefixes ending in an answer, among the
+# newest SPAN threaded messages.
 MAX_CANDIDATES = 8
+SPAN = 64
+# Threaded messages one history hash covers (see ``history``).
+WINDOW = 256
 
 # Open WebUI's task prompts (title, tags, follow-ups, search queries, autocompletion,
 # emoji, image prompt: backend/open_webui/config.py DEFAULT_*_PROMPT_TEMPLATE) all
@@ -100,44 +105,68 @@ def canonical(message: Mapping[str, Any]) -> str:
     return json.dumps(form, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
 
-def chain(previous: str, message: Mapping[str, Any]) -> str:
-    """The history hash after one more message."""
-    return hashlib.sha256(f"{previous}\n{canonical(message)}".encode()).hexdigest()
-
-
 @dataclass(frozen=True, slots=True)
 class History:
     """The hashes of one request's history."""
 
-    head: str  # chain over every message: the answer is chained onto it
-    prefix: str | None  # chain over messages[:-1]; None on a first turn
-    # Prefixes ending in an assistant message, longest first: the turns this may continue.
+    head: str  # the hash of the whole history: the answer is chained onto it
+    prefix: str | None  # the hash of messages[:-1]; None on a first turn
+    # Hashes of prefixes ending in an assistant message, longest first: the turns this
+    # request may continue.
     candidates: tuple[str, ...]
+    # Canonical forms of the last WINDOW - 1 threaded messages, for ``answered``.
+    tail: tuple[str, ...] = ()
+
+
+def window_hash(forms: Sequence[str]) -> str:
+    """One sha256 over the canonical forms of a window of messages, in order."""
+    return hashlib.sha256("\n".join(forms).encode()).hexdigest()
 
 
 def history(messages: Sequence[Any]) -> History:
-    value = ""
-    prefix: str | None = None
-    candidates: list[str] = []
-    last = len(messages) - 1
-    for index, message in enumerate(messages):
-        if index == last:
-            prefix = value or None
+    """The history hashes, from at most the last WINDOW + SPAN messages that count.
+
+    A hash covers the last WINDOW threaded messages before its point (all of them in a
+    shorter history). Two histories that end alike over that many messages are one room
+    to us: that bounds the work per exchange (a chat of 100,000 messages costs what one
+    of 300 does) at a risk no real conversation runs.
+    """
+    # Walk back from the end: the newest WINDOW + SPAN threaded messages, newest first.
+    recent: list[tuple[int, str, str]] = []  # (index, role, canonical form)
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
         if not isinstance(message, Mapping):
             continue
         role = str(message.get("role") or "").lower()
-        if role not in _THREADED_ROLES:
-            continue
-        value = chain(value, message)
-        if role == "assistant" and index < last:
-            candidates.append(value)
-    recent = tuple(reversed(candidates[-MAX_CANDIDATES:]))
-    return History(head=value, prefix=prefix, candidates=recent)
+        if role in _THREADED_ROLES:
+            recent.append((index, role, canonical(message)))
+            if len(recent) == WINDOW + SPAN:
+                break
+    recent.reverse()
+    forms = [form for _index, _role, form in recent]
+    last = len(messages) - 1
+
+    def ending_at(position: int) -> str:  # the hash over forms[: position + 1]
+        return window_hash(forms[max(0, position + 1 - WINDOW) : position + 1])
+
+    head = ending_at(len(forms) - 1) if forms else ""
+    # messages[:-1]: every threaded message but the last one, when it is the last message.
+    before_last = len(forms) - 1 if recent and recent[-1][0] == last else len(forms)
+    prefix = ending_at(before_last - 1) if before_last > 0 else None
+    candidates: list[str] = []
+    for position in range(before_last - 1, max(-1, len(forms) - 1 - SPAN), -1):
+        _index, role, _form = recent[position]
+        if role == "assistant" and recent[position][0] < last:
+            candidates.append(ending_at(position))
+            if len(candidates) == MAX_CANDIDATES:
+                break
+    return History(head, prefix, tuple(candidates), tuple(forms[-(WINDOW - 1) :]))
 
 
-def answered(head: str, content: str, tool_calls: list[Any]) -> str:
+def answered(hashes: History, content: str, tool_calls: list[Any]) -> str:
     """The history hash once the answer is part of it: what the next turn continues."""
-    return chain(head, {"role": "assistant", "content": content, "tool_calls": tool_calls})
+    form = canonical({"role": "assistant", "content": content, "tool_calls": tool_calls})
+    return window_hash([*hashes.tail, form])
 
 
 def context_hash(context: Any) -> str | None:

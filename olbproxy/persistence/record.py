@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from olbproxy.exchange import Exchange, assemble
+from olbproxy.exchange import Exchange, assemble, last_lines
 from olbproxy.persistence.history import (
     CHAT_ENDPOINTS,
     GENERATE,
@@ -149,13 +149,12 @@ def _capped(text: str, limit: int, name: str, truncated: list[str]) -> str:
 
 def _final_context(exchange: Exchange) -> Any:
     # /api/generate puts the context on its final object, the last line it sent.
-    for chunk in reversed(exchange.chunks[-2:]):
-        for line in reversed(chunk.split(b"\n")):
-            if b'"context"' in line:
-                try:
-                    return json.loads(line).get("context")
-                except (ValueError, AttributeError):
-                    return None
+    for line in last_lines(exchange.chunks):
+        if b'"context"' in line:
+            try:
+                return json.loads(line).get("context")
+            except (ValueError, AttributeError):
+                return None
     return None
 
 
@@ -184,7 +183,7 @@ def record_of(exchange: Exchange, *, store_content: bool) -> Record:
         hashes = history(body.get("messages") or [])
         prefix, continues = hashes.prefix, list(hashes.candidates)
         if has_answer:
-            full = answered(hashes.head, answer.content, tool_calls)
+            full = answered(hashes, answer.content, tool_calls)
     else:
         prefix = context_hash(body.get("context"))
         continues = [prefix] if prefix else []

@@ -37,18 +37,17 @@ import dataclasses
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Sequence
-
-from aiohttp import web
+from collections.abc import Sequence
 
 from olbproxy.errors import ProxyError, Unavailable
 from olbproxy.exchange import Exchange
-from olbproxy.persistence.filing import Filing
+from olbproxy.persistence.filing import Filing, Plan
 from olbproxy.persistence.history import RECORDED
 from olbproxy.persistence.record import Record, record_of
 from olbproxy.persistence.spool import Spool
 from olbproxy.settings import StoreSettings
-from olbproxy.store import Store
+from olbproxy.store import Room, Store
+from olbproxy.supervisor import Supervisor
 
 log = logging.getLogger("olbproxy.persistence.recorder")
 
@@ -145,13 +144,9 @@ class Recorder:
 
     # -- lifetime ----------------------------------------------------------------------------
 
-    async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
-        """cleanup_ctx: start the tasks; at the end, write or spool what is left."""
-        await self.start()
-        yield
-        await self.close()
-
-    async def start(self) -> None:
+    async def start(self, supervisor: Supervisor | None = None) -> None:
+        """Start the writer, the spooler and the replay, as jobs of ``supervisor``."""
+        supervisor = supervisor or Supervisor()
         await self.spool.open()
         if self.spool.depth:
             self.spooling = True
@@ -163,9 +158,9 @@ class Recorder:
                 self.spool.directory,
             )
         self._tasks = [
-            asyncio.create_task(self._write_loop(), name="olbproxy-recorder-writer"),
-            asyncio.create_task(self._spool_loop(), name="olbproxy-recorder-spooler"),
-            asyncio.create_task(self._replay_loop(), name="olbproxy-recorder-replay"),
+            supervisor.spawn("recorder-writer", self._write_loop),
+            supervisor.spawn("recorder-spooler", self._spool_loop),
+            supervisor.spawn("recorder-replay", self._replay_loop),
         ]
 
     async def close(self) -> None:
@@ -248,6 +243,18 @@ class Recorder:
 
     async def _write(self, records: Sequence[Record], *, replay: bool) -> None:
         plan = await self.filing.plan(records, replay=replay)
+        rooms, taken = await self._open_rooms(plan)
+        if await self.filing.clashes(plan, taken):
+            # Planned again, the room ids taken by someone else are known to be theirs.
+            plan = await self.filing.plan(records, replay=replay)
+            rooms, taken = await self._open_rooms(plan)
+        await self.store.messages.add(plan.messages)
+        steps = plan.steps
+        fresh = {room.id for room in rooms} - taken
+        await self.store.rooms.advance([s for room_id, s in steps.items() if room_id not in fresh])
+        self.filing.commit(plan)
+
+    async def _open_rooms(self, plan: Plan) -> tuple[list[Room], set[str]]:
         # A room opened by this batch is inserted with its progress already in it, so
         # only rooms that existed before need a second write (most conversations in a
         # batch are new: one insert per room instead of an upsert and an update).
@@ -258,11 +265,7 @@ class Recorder:
             else room
             for room in plan.rooms
         ]
-        taken = await self.store.rooms.open(rooms)
-        await self.store.messages.add(plan.messages)
-        fresh = {room.id for room in rooms} - taken
-        await self.store.rooms.advance([s for room_id, s in steps.items() if room_id not in fresh])
-        self.filing.commit(plan)
+        return rooms, await self.store.rooms.open(rooms)
 
     def _record(self, item: Item) -> Record | None:
         if isinstance(item, Record):

@@ -29,9 +29,9 @@ from typing import Any
 
 from aiohttp import web
 
-from olbproxy.api import method_table, principal_of
-from olbproxy.auth.principal import Principal
+from olbproxy.auth.principal import Principal, principal_of
 from olbproxy.body import read_json
+from olbproxy.edge import MATCH, Route, route
 from olbproxy.errors import BadRequest, Forbidden, NotFound, ProxyError
 from olbproxy.exchange import Exchange
 from olbproxy.persistence.history import RECORDED
@@ -135,14 +135,12 @@ class RoomsApi:
         self.recorder = recorder
         self.filing = recorder.filing
 
-    def routes(self) -> list[web.RouteDef]:
-        return method_table(
-            [
-                ("/api/rooms", ("GET",), self.list_rooms),
-                ("/api/rooms/{room}/messages", ("GET",), self.list_messages),
-                ("/api/rooms/{room}", ("PATCH", "DELETE"), self.change_room),
-            ]
-        )
+    def routes(self) -> list[Route]:
+        return [
+            *route("/api/rooms", "GET", self.list_rooms),
+            *route("/api/rooms/{room}/messages", "GET", self.list_messages),
+            *route("/api/rooms/{room}", ("PATCH", "DELETE"), self.change_room),
+        ]
 
     # -- the preflight check (OllamaApi.preflight) ----------------------------------------
 
@@ -240,7 +238,7 @@ class RoomsApi:
         return web.json_response(room_json(renamed))
 
     async def _own_room(self, request: web.Request) -> Room:
-        room_id = request.match_info["room"]
+        room_id = request[MATCH].params["room"]
         room = await self.store.rooms.get(room_id)
         if room is None:
             raise NotFound(f"room {room_id} not found")

@@ -313,6 +313,9 @@ async def _stream(
                 data = encoder.chunk(*steps[position])
             else:
                 data = encoder.closing(timing.metrics(answer, count))
+                if sim.faults.split_final > 1:
+                    await _write_split(response, opening + data, sim.faults.split_final)
+                    continue
             await response.write(opening + data if opening else data)
         else:
             exchange.tokens = count
@@ -361,6 +364,17 @@ async def _whole(
         return _drop(request, exchange, None)
     await hold()
     raise AssertionError("unreachable")
+
+
+async def _write_split(response: web.StreamResponse, data: bytes, pieces: int) -> None:
+    size = max(1, -(-len(data) // pieces))
+    for start in range(0, len(data), size):
+        if start:
+            await asyncio.sleep(SPLIT_GAP)  # the wire's pace, not a race being papered over
+        await response.write(data[start : start + size])
+
+
+SPLIT_GAP = 0.02
 
 
 def _drop(

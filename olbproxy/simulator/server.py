@@ -94,6 +94,9 @@ class Faults:
     drop_after_tokens: int | None = None  # N tokens, then abort the TCP connection
     hang: bool = False  # never answer (until the client goes away)
     stall_after_tokens: int | None = None  # N tokens, then silence (until the client goes away)
+    # The final chunk written in this many pieces, 20 ms apart, as a slow link delivers a
+    # long last line (generate's carries ``context``) in several reads.
+    split_final: int = 1
 
 
 @dataclass
@@ -106,6 +109,7 @@ class RecordedRequest:
     headers: CIMultiDict[str]  # names in the case received; lookups ignore case
     body: bytes
     received_at: float  # time.monotonic()
+    target: str = ""  # the request target exactly as received (path and query, undecoded)
 
 
 @dataclass
@@ -397,6 +401,7 @@ class OllamaSimulator:
                     headers=CIMultiDict(request.headers),
                     body=b"" if streamed else await request.read(),
                     received_at=time.monotonic(),
+                    target=request.raw_path,
                 )
             )
             self.changed()

@@ -50,10 +50,14 @@ class User:
     disabled: bool = False
     created_at: datetime | None = None
     last_login_at: datetime | None = None
+    # Tokens carry the epoch they were issued in; a password change raises it, which
+    # revokes every token issued before (auth/tokens.py).
+    token_epoch: int = 0
 
 
 class UserChanges(TypedDict, total=False):
     password_hash: str
+    token_epoch: int
     role: Role
     groups: frozenset[str] | None
     disabled: bool

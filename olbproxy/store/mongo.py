@@ -4,7 +4,7 @@ and messages) and mongo_audit.py (the audit trail) are the only ones that import
 Collections in ``store.database`` (the seed's URI names it: ``.../gpt``):
 
 * ``users``: ``{_id, username, username_key, password_hash, role, groups, disabled,
-  created_at, last_login_at}``, unique index on ``username_key``. The index is partial
+  created_at, last_login_at, token_epoch}``, unique index on ``username_key``. The index is partial
   (only documents that have a ``username_key``) because the seed app's own users may
   live in the same collection: ``{_id: ObjectId, username, password}``. Such a document
   is invisible until ``olbproxy user import`` adopts it in place (same ``_id``; the seed's
@@ -144,6 +144,7 @@ def _user(doc: Document) -> User:
         disabled=bool(doc.get("disabled", False)),
         created_at=doc.get("created_at"),
         last_login_at=doc.get("last_login_at"),
+        token_epoch=int(doc.get("token_epoch") or 0),
     )
 
 
@@ -157,6 +158,7 @@ def _user_fields(user: User) -> Document:
         "disabled": user.disabled,
         "created_at": user.created_at,
         "last_login_at": user.last_login_at,
+        "token_epoch": user.token_epoch,
     }
 
 

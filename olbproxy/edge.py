@@ -1,0 +1,378 @@
+"""The edge: every request classified once, on one canonical path, before anything else.
+
+Deny by default. The app has a single aiohttp route; ``Edge.dispatch`` takes the raw
+request target, checks it once (``canonical_path``: dot segments, encoded slashes and
+backslashes, empty segments and control characters are refused with 400, other
+percent-escapes are decoded), finds the one ``Route`` of the table that serves it (404
+for a path no route declares, 405 for another method on a known path), authenticates
+the caller unless the route is public, refuses non-admins on admin routes, and only then
+calls the route's handler. The handler forwards exactly the canonical path it was
+routed on (``upstream_path``), never the raw target: what a backend sees is what was
+authorised.
+
+Also here: the error middleware, the only place a ``ProxyError`` becomes a response (and
+which never writes a second response once one has started), and CORS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Literal
+from urllib.parse import quote, unquote_to_bytes
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from olbproxy import access
+from olbproxy.auth.principal import ANONYMOUS, OPEN, PRINCIPAL, Principal
+from olbproxy.errors import (
+    BadRequest,
+    Forbidden,
+    MethodNotAllowed,
+    NotFound,
+    ProxyError,
+    UnsupportedMediaType,
+    render,
+    shape_of,
+    stream_error_line,
+)
+
+log = logging.getLogger("olbproxy.edge")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Authenticate = Callable[[web.Request], Awaitable[Principal]]
+# Who may call a route: anyone (``/``, login), any authenticated user, or admins only.
+Access = Literal["anonymous", "user", "admin"]
+
+# -- the canonical path ----------------------------------------------------------------
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# Encoded "/" and "\": Go's net/http (Ollama) decodes them before routing, so the proxy
+# and the backend would see different segments.
+_SEPARATOR_ESCAPE = re.compile(r"%(2[Ff]|5[Cc])")
+_FORBIDDEN_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+# What stays literal when the canonical path is percent-encoded again for the backend.
+_PATH_SAFE = "/:@!$&'()*+,;=~"
+
+
+def canonical_path(target: str) -> str:
+    """The one path a request is routed, authorised and forwarded on; 400 if it has none.
+
+    ``target`` is the request target as received (``request.raw_path``); the query is
+    not part of the path (no Ollama route reads one, and none is forwarded).
+    """
+    path = target.partition("?")[0]
+    if not path.startswith("/"):
+        raise BadRequest("the request target must be a path starting with '/'")
+    if "%" in path:
+        if _BAD_ESCAPE.search(path):
+            raise BadRequest("malformed percent-encoding in the request path")
+        if _SEPARATOR_ESCAPE.search(path):
+            raise BadRequest("encoded '/' or '\\' in the request path")
+        try:
+            path = unquote_to_bytes(path).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("the request path is not UTF-8") from None
+    if _FORBIDDEN_CHARS.search(path):
+        raise BadRequest("control characters or '\\' in the request path")
+    segments = path.split("/")
+    for index, segment in enumerate(segments[1:], 1):
+        if segment in (".", ".."):
+            raise BadRequest("dot segments ('.' or '..') in the request path")
+        if not segment and index < len(segments) - 1:
+            raise BadRequest("empty segment ('//') in the request path")
+    return path
+
+
+# -- routes ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One path template, the methods it takes, who may call it and what serves it.
+
+    Templates are literal paths, with ``{name}`` for one segment or ``{name:tail}`` for
+    the rest of the path. GET implies HEAD, as in Ollama.
+    """
+
+    path: str
+    methods: tuple[str, ...]
+    handler: Handler = field(compare=False)
+    access: Access = "user"
+    # The reason a non-admin reads on an admin route.
+    refusal: str = ""
+
+
+def route(
+    path: str,
+    methods: str | Iterable[str],
+    handler: Handler,
+    access: Access = "user",
+    *,
+    refusal: str = "",
+) -> list[Route]:
+    """A route per method (the table merges them by path)."""
+    names = (methods,) if isinstance(methods, str) else tuple(methods)
+    return [Route(path, (m,), handler, access, refusal) for m in names]
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """The route a request was classified into, on its canonical path."""
+
+    route: Route
+    path: str
+    params: Mapping[str, str]
+
+
+MATCH = web.RequestKey("match", Match)
+
+_PARAM = re.compile(r"\{(\w+)(?::tail)?\}")
+
+
+class RouteTable:
+    """Routes by path template: a dict for literal paths, a short list of patterns."""
+
+    def __init__(self, routes: Iterable[Route] = ()) -> None:
+        self._static: dict[str, dict[str, Route]] = {}
+        self._patterns: list[tuple[re.Pattern[str], str, dict[str, Route]]] = []
+        for item in routes:
+            self.add(item)
+
+    def add(self, item: Route) -> None:
+        by_method = self._methods_of(item.path)
+        for method in item.methods:
+            if method in by_method:
+                raise ValueError(f"two routes for {method} {item.path}")
+            by_method[method] = item
+            if method == "GET":
+                by_method.setdefault("HEAD", item)
+
+    def _methods_of(self, template: str) -> dict[str, Route]:
+        if "{" not in template:
+            return self._static.setdefault(template, {})
+        for _pattern, known, methods in self._patterns:
+            if known == template:
+                return methods
+        regex = "^"
+        last = 0
+        for m in _PARAM.finditer(template):
+            regex += re.escape(template[last : m.start()])
+            tail = m.group(0).endswith(":tail}")
+            regex += f"(?P<{m.group(1)}>{'.+' if tail else '[^/]+'})"
+            last = m.end()
+        regex += re.escape(template[last:]) + "$"
+        fresh: dict[str, Route] = {}
+        self._patterns.append((re.compile(regex), template, fresh))
+        return fresh
+
+    def resolve(self, method: str, path: str) -> tuple[Route, Mapping[str, str]]:
+        """The route for ``method`` on ``path``: 404 for an unknown path, 405 for a method
+        the path does not take."""
+        params: Mapping[str, str] = {}
+        methods = self._static.get(path)
+        if methods is None:
+            for pattern, _template, candidates in self._patterns:
+                found = pattern.match(path)
+                if found is not None:
+                    methods, params = candidates, found.groupdict()
+                    break
+        if methods is None:
+            raise NotFound(f"404 page not found: no endpoint {path}")
+        chosen = methods.get(method)
+        if chosen is None:
+            allow = ", ".join(sorted(methods))
+            raise MethodNotAllowed(f"method {method} is not allowed on {path}", allow=allow)
+        return chosen, params
+
+    def templates(self) -> list[str]:
+        return [*self._static, *(template for _p, template, _m in self._patterns)]
+
+
+def upstream_path(request: web.Request) -> str:
+    """The canonical path, percent-encoded again: what a backend is asked for."""
+    return quote(request[MATCH].path, safe=_PATH_SAFE)
+
+
+class Edge:
+    """The app's one handler: canonical path -> route -> principal -> rule -> handler."""
+
+    def __init__(
+        self,
+        table: RouteTable,
+        authenticate: Authenticate | None,
+        *,
+        failures: Counter[str] | None = None,
+    ) -> None:
+        self.table = table
+        # None: authentication is switched off and every caller is an admin (OPEN).
+        self.authenticate = authenticate
+        self.failures: Counter[str] = Counter() if failures is None else failures
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = canonical_path(request.raw_path)
+        chosen, params = self.table.resolve(request.method, path)
+        request[MATCH] = Match(chosen, path, params)
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            # Ollama reads request bodies as sent and would not decode them either.
+            raise UnsupportedMediaType(
+                f"Content-Encoding {encoding!r} is not supported: send the body uncompressed"
+            )
+        principal: Principal
+        if self.authenticate is None:
+            principal = OPEN
+        elif chosen.access == "anonymous":
+            principal = ANONYMOUS
+        else:
+            principal = await self.authenticate(request)
+        request[PRINCIPAL] = principal
+        try:
+            if chosen.access == "admin" and not principal.is_admin:
+                raise Forbidden(chosen.refusal or f"{path} is for admins")
+            return await chosen.handler(request)
+        except Forbidden:  # an admin-only route, or a model outside the caller's groups
+            self.failures["forbidden"] += 1
+            raise
+
+
+# -- errors ---------------------------------------------------------------------------
+
+# The response a request has started, set as it is prepared: after that, an error can
+# only end the stream, never replace it.
+STARTED = web.RequestKey("started", web.StreamResponse)
+
+
+async def mark_started(request: web.Request, response: web.StreamResponse) -> None:
+    request[STARTED] = response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ProxyError as error:
+        return await _answer(request, error)
+    except web.HTTPNotFound:
+        # aiohttp's own router found no route (a target its pattern cannot take, such as
+        # OPTIONS *): still a refusal in Ollama's shape, and still no backend involved.
+        return await _answer(request, NotFound("404 page not found"))
+    except (web.HTTPException, asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        # The traceback goes to the log, under a reference the client can quote; Python
+        # internals never go to the client.
+        ref = secrets.token_hex(4)
+        log.exception("unhandled error %s on %s %s", ref, request.method, request.path)
+        return await _answer(request, ProxyError(f"internal error (reference {ref})"))
+
+
+async def _answer(request: web.Request, error: ProxyError) -> web.StreamResponse:
+    access.refused(request, error)
+    match = request.get(MATCH)
+    shape = shape_of(match.path if match is not None else request.path)
+    started: web.StreamResponse | None = request.get(STARTED)
+    if started is None:
+        return render(error, shape)
+    # A second status line inside a started body would corrupt it: end the stream the
+    # way Ollama ends a failed one, or cut the connection when the body cannot say so.
+    content_type = started.headers.get("Content-Type", "")
+    streaming = content_type.startswith(("application/x-ndjson", "text/event-stream"))
+    if streaming and started.headers.get("Transfer-Encoding") == "chunked":
+        sse = content_type.startswith("text/event-stream")
+        with contextlib.suppress(ConnectionError):
+            await started.write(stream_error_line(error.message, shape, sse=sse))
+            await started.write_eof()
+    elif request.transport is not None:
+        request.transport.close()
+    return started
+
+
+# -- CORS -----------------------------------------------------------------------------
+
+# Ollama's default OLLAMA_ORIGINS: local pages and desktop/editor webviews.
+DEFAULT_ORIGINS = (
+    "http://localhost",
+    "https://localhost",
+    "http://localhost:*",
+    "https://localhost:*",
+    "http://127.0.0.1",
+    "https://127.0.0.1",
+    "http://127.0.0.1:*",
+    "https://127.0.0.1:*",
+    "http://0.0.0.0",
+    "https://0.0.0.0",
+    "http://0.0.0.0:*",
+    "https://0.0.0.0:*",
+    "app://*",
+    "file://*",
+    "tauri://*",
+    "vscode-webview://*",
+    "vscode-file://*",
+)
+CORS_HEADERS = (
+    "Authorization, Content-Type, User-Agent, Accept, X-Requested-With, X-Room-Id, "
+    "X-Api-Key, Anthropic-Version, Anthropic-Beta, "
+    "X-Stainless-Lang, X-Stainless-Package-Version, X-Stainless-OS, X-Stainless-Arch, "
+    "X-Stainless-Retry-Count, X-Stainless-Runtime, X-Stainless-Runtime-Version, "
+    "X-Stainless-Async, X-Stainless-Helper-Method, X-Stainless-Poll-Helper, "
+    "X-Stainless-Custom-Poll-Interval, X-Stainless-Timeout, OpenAI-Beta"
+)
+
+
+def origin_allowed(origin: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatchcase(origin, p) for p in patterns)
+
+
+def cors_middleware(origins: tuple[str, ...]) -> Middleware:
+    """Answers CORS preflights (no credentials, no backend involved)."""
+    patterns = DEFAULT_ORIGINS + origins
+
+    @web.middleware
+    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if (
+            request.method == "OPTIONS"
+            and origin
+            and "Access-Control-Request-Method" in request.headers
+        ):
+            if not origin_allowed(origin, patterns):
+                return web.Response(status=403, text="origin not allowed")
+            return web.Response(
+                status=204,
+                headers={
+                    "Access-Control-Allow-Origin": origin,
+                    "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS",
+                    "Access-Control-Allow-Headers": request.headers.get(
+                        "Access-Control-Request-Headers", CORS_HEADERS
+                    ),
+                    "Access-Control-Max-Age": "43200",
+                    "Vary": "Origin",
+                },
+            )
+        return await handler(request)
+
+    return cors
+
+
+def cors_on_prepare(
+    origins: tuple[str, ...],
+) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """Adds CORS headers as a response starts, which also covers streamed responses."""
+    patterns = DEFAULT_ORIGINS + origins
+
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.headers.get("Origin")
+        if origin and origin_allowed(origin, patterns):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+
+    return on_prepare
