@@ -1,10 +1,10 @@
 """create_app(settings) -> web.Application: wiring, middleware order, lifetimes.
 
-Middleware, outermost first: errors (renders every ProxyError in one place), CORS
-preflight. Then one aiohttp route for every path: the edge (edge.py) classifies the
-request into a route of the table the components contribute, authenticates and
-authorises it. Long-lived resources hang off typed app keys and are built and torn
-down in ``cleanup_ctx``, so tests and ``serve`` share one path.
+Middleware, outermost first: errors (renders every ProxyError in one place and hands
+it to the access log), CORS preflight. Then one aiohttp route for every path: the edge
+(edge.py) classifies the request into a route of the table the components contribute,
+authenticates and authorises it. Long-lived resources hang off typed app keys and are
+built and torn down in ``cleanup_ctx``, so tests and ``serve`` share one path.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from olbproxy.access import ACCESS, AccessLog
 from olbproxy.api import OllamaApi
+from olbproxy.audit import AuditTrail
 from olbproxy.auth.authenticator import Authenticator
 from olbproxy.catalog import Catalog
 from olbproxy.edge import (
@@ -59,6 +61,7 @@ STORE: web.AppKey[Store] = web.AppKey("STORE")
 AUTHENTICATOR = web.AppKey("AUTHENTICATOR", Authenticator)
 RECORDER = web.AppKey("RECORDER", Recorder)
 EDGE = web.AppKey("EDGE", Edge)
+AUDIT = web.AppKey("AUDIT", AuditTrail)
 SUPERVISOR = web.AppKey("SUPERVISOR", Supervisor)
 
 
@@ -74,8 +77,17 @@ async def create_app(settings: Settings) -> web.Application:
     pool = Pool(settings)
     app[ROUTER], app[POOL] = router, pool
 
+    # Before the sessions: a store the config cannot open fails with nothing to close.
+    store = open_store(settings)
     upstream = Upstream.connect(settings)
     app[UPSTREAM] = upstream
+
+    async def upstream_lifetime(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await upstream.close()
+
+    # First, so that it closes last, and also when a later component fails to start.
+    app.cleanup_ctx.append(upstream_lifetime)
     supervisor = Supervisor()
     app[SUPERVISOR] = supervisor
 
@@ -100,10 +112,14 @@ async def create_app(settings: Settings) -> web.Application:
     catalog = Catalog(pool, router, upstream, seconds=settings.health.timeout)
     api = OllamaApi(settings, pool, router, relay, catalog)
     app[API] = api
-    management = ModelManagement(settings, pool, router, relay)
+    audit = AuditTrail(store, timeout=settings.store.timeout)
+    app[AUDIT] = audit
+    management = ModelManagement(settings, pool, router, relay, audit)
+    access_log = AccessLog(enabled=settings.access_log, json_format=settings.log_format == "json")
+    app[ACCESS] = access_log
+    api.observers.append(access_log.observe)
 
     # -- identity (auth.py): authentication middleware, /api/auth/* routes -----------
-    store = open_store(settings)
     authenticator = Authenticator(settings.auth, store)
     app[STORE], app[AUTHENTICATOR] = store, authenticator
 
@@ -113,8 +129,9 @@ async def create_app(settings: Settings) -> web.Application:
         await supervisor.close()  # whatever background job is left, before the store
         await store.close()
 
-    # Before every other component's lifetime, so the store closes after they stop.
+    # Before the other components' lifetimes, so the store closes after they stop.
     app.cleanup_ctx.append(store_lifetime)
+    app.cleanup_ctx.append(audit.lifetime)
     routes: list[Route] = []
     if settings.auth.enabled:
         routes += authenticator.accounts.routes()
@@ -184,7 +201,6 @@ async def create_app(settings: Settings) -> web.Application:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await warmup.close()
-        await upstream.close()
 
     app.cleanup_ctx.append(lifetime)
     return app

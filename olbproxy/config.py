@@ -3,6 +3,15 @@
 Order of precedence: built-in defaults, then the YAML file, then the environment (a
 ``.env.local`` file beside the config, as the seed app used, then the real process
 environment, which wins). Every validation message names the file and the key.
+
+Two steps, so that ``check-config`` fails exactly when ``serve`` would:
+
+* ``load()`` reads and validates what the file and the environment say;
+* ``check_serve()`` adds what serving needs on top: a strong JWT secret, a MongoDB URI,
+  a certificate and key that load. ``serve`` and ``check-config`` both call it.
+
+Where the file is looked for when no path is given is the command line's business
+(``cli/main.py``); this module only reads the path it is handed.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import yaml
 
 from olbproxy.errors import ConfigError
 from olbproxy.settings import (
+    DEFAULT_DATABASE,
     AuthSettings,
     GroupSettings,
     HealthSettings,
@@ -31,8 +41,6 @@ from olbproxy.settings import (
     Settings,
     StoreSettings,
 )
-
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "olbproxy.yaml"
 
 _GROUP_KEYS = {f.name for f in fields(GroupSettings)}
 _SECTIONS: dict[str, type] = {
@@ -55,6 +63,11 @@ _TOP_KEYS = {
     "log_level",
     "aliases",
     "show_cache_seconds",
+    "log_format",
+    "log_file",
+    "access_log",
+    "tls_cert",
+    "tls_key",
     *_SECTIONS,
 }
 
@@ -150,9 +163,11 @@ class _Reader:
 
 
 def parse_listen(text: str, where: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{where}: expected host:port, got {text!r}")
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"{where}: expected host:port like 0.0.0.0:11434, got {text!r}")
+    if not 0 < int(port) < 65536:
+        raise ConfigError(f"{where}: port {int(port)} is out of range (1-65535)")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
@@ -227,6 +242,8 @@ def load(path: str | Path | None, environ: Mapping[str, str] | None = None) -> S
     reader = _Reader(source)
     top = reader.mapping("", raw, _TOP_KEYS)
 
+    if isinstance(top.get("log_level"), str):
+        top["log_level"] = top["log_level"].upper()  # "info" means INFO, as in logging
     values: dict[str, Any] = reader.dataclass_fields(
         "", top, Settings, skip=frozenset({"groups", "source", "notices", *_SECTIONS})
     )
@@ -240,16 +257,39 @@ def load(path: str | Path | None, environ: Mapping[str, str] | None = None) -> S
         reader.mapping("group_defaults", top.get("group_defaults"), group_keys),
         GroupSettings,
     )
+    # Checked on their own first, so a bad default is reported where it is written
+    # (group_defaults.slots), not in the first group that inherits it.
+    _check_group(f"{source}: group_defaults", defaults)
     values["groups"] = _groups(reader, top.get("groups"), defaults)
     for section, cls in _SECTIONS.items():
         data = reader.mapping(section, top.get(section), {f.name for f in fields(cls)})
         values[section] = cls(**reader.dataclass_fields(section, data, cls))
+    database_set = isinstance(top.get("store"), Mapping) and "database" in top["store"]
     settings = Settings(source=source, **values)
-    return validate(_apply_environment(settings, environ, defaults))
+    _check_group_names(settings)
+    settings = _apply_environment(settings, environ, defaults, database_set=database_set)
+    return validate(settings)
+
+
+def _check_group_names(settings: Settings) -> None:
+    """Group names the file refers to must be groups the file defines (before the
+    environment: OLLAMA_ENDPOINTS may replace the groups, with a notice)."""
+    names = [g.name for g in settings.groups]
+    for j, name in enumerate(settings.auth.default_groups):
+        if name not in names:
+            known = ", ".join(names) or "none"
+            raise ConfigError(
+                f"{settings.source}: auth.default_groups[{j}]: no group is named {name!r} "
+                f"(groups: {known})"
+            )
 
 
 def _apply_environment(
-    settings: Settings, environ: Mapping[str, str], group_defaults: dict[str, Any]
+    settings: Settings,
+    environ: Mapping[str, str],
+    group_defaults: dict[str, Any],
+    *,
+    database_set: bool = False,
 ) -> Settings:
     notices = list(settings.notices)
     if endpoints := environ.get("OLLAMA_ENDPOINTS", "").strip():
@@ -263,8 +303,13 @@ def _apply_environment(
         settings = replace(settings, groups=(group,))
         notices.append(
             f"OLLAMA_ENDPOINTS is set: the groups of {settings.source} are replaced by one "
-            f"catch-all group over {len(urls)} endpoints (the seed app's round-robin)"
+            f"catch-all group 'default' over {len(urls)} endpoints (the seed app's round-robin)"
         )
+        if settings.auth.default_groups:
+            notices.append(
+                "auth.default_groups names groups OLLAMA_ENDPOINTS replaced: self-registered "
+                "users can use no model until an admin gives them the group 'default'"
+            )
     if listen := environ.get("OLBPROXY_LISTEN"):
         host, port = parse_listen(listen, "environment: OLBPROXY_LISTEN")
         settings = replace(settings, listen_host=host, listen_port=port)
@@ -274,11 +319,10 @@ def _apply_environment(
     store = settings.store
     if uri := environ.get("MONGODB_URI"):
         store = replace(store, mongodb_uri=uri)
-    if store.mongodb_uri and store.database == StoreSettings.database:
+    if store.mongodb_uri and not database_set:
         # The seed's URI names its database (mongodb://127.0.0.1:27017/gpt): honour it.
         name = urlsplit(store.mongodb_uri).path.strip("/")
-        if name:
-            store = replace(store, database=name)
+        store = replace(store, database=name or DEFAULT_DATABASE)
     auth = settings.auth
     secret = environ.get("JWT_SECRET")
     if secret_file := environ.get("JWT_SECRET_FILE"):
@@ -291,19 +335,25 @@ def _apply_environment(
     return replace(settings, store=store, auth=auth, notices=tuple(notices))
 
 
+def _check_group(key: str, values: Mapping[str, Any]) -> None:
+    """Ranges of a group's values (or of group_defaults: only the keys it sets)."""
+    for name in ("slots", "max_attempts", "max_num_ctx", "max_num_predict"):
+        if values.get(name) is not None and values[name] < 1:
+            raise ConfigError(f"{key}.{name}: must be at least 1")
+    if values.get("queue_size", 0) < 0:
+        raise ConfigError(f"{key}.queue_size: must not be negative")
+    for name in ("queue_timeout", "first_byte_timeout", "idle_timeout", "total_timeout"):
+        if name in values and values[name] <= 0:
+            raise ConfigError(f"{key}.{name}: must be a positive number of seconds")
+
+
 def validate(settings: Settings) -> Settings:
     src = settings.source
     for i, group in enumerate(settings.groups):
-        key = f"{src}: groups[{i}]"
-        if group.slots < 1:
-            raise ConfigError(f"{key}.slots: must be at least 1")
-        if group.queue_size < 0:
-            raise ConfigError(f"{key}.queue_size: must not be negative")
-        if group.max_attempts < 1:
-            raise ConfigError(f"{key}.max_attempts: must be at least 1")
-        for name in ("queue_timeout", "first_byte_timeout", "idle_timeout", "total_timeout"):
-            if getattr(group, name) <= 0:
-                raise ConfigError(f"{key}.{name}: must be a positive number of seconds")
+        _check_group(f"{src}: groups[{i}]", {f.name: getattr(group, f.name) for f in fields(group)})
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        given, missing = ("tls_cert", "tls_key") if settings.tls_cert else ("tls_key", "tls_cert")
+        raise ConfigError(f"{src}: {missing}: is required with {given} (a PEM file)")
     for j, net in enumerate(settings.auth.trusted_networks):
         try:
             ipaddress.ip_network(net, strict=False)
@@ -384,20 +434,64 @@ def _validate_routes(settings: Settings) -> Settings:
     return replace(settings, routes=routes)
 
 
+def check_serve(settings: Settings) -> None:
+    """What serving needs beyond a valid file: ``serve`` and ``check-config`` both call
+    this, so check-config says OK exactly when serve would start."""
+    if settings.auth.enabled:
+        check_secret(settings)
+    if settings.store.backend == "mongodb" and not settings.store.mongodb_uri:
+        raise ConfigError(
+            f"MONGODB_URI is not set: store.backend mongodb needs it; put it in "
+            f"{_dotenv_of(settings)} or the environment, e.g. mongodb://127.0.0.1:27017/gpt "
+            f"(or store.backend: memory in {settings.source} for a trial without MongoDB)"
+        )
+    if settings.tls_cert is not None:
+        from olbproxy.tls import server_context
+
+        server_context(settings)
+    if settings.log_file is not None:
+        _check_log_file(settings.source, Path(settings.log_file).expanduser())
+
+
+def _check_log_file(source: str, path: Path) -> None:
+    """Writable, checked without creating it: check-config leaves no file behind."""
+    if path.exists():
+        problem = None if os.access(path, os.W_OK) else "Permission denied"
+    elif not path.parent.is_dir():
+        problem = "No such file or directory"
+    else:
+        problem = None if os.access(path.parent, os.W_OK) else "Permission denied"
+    if problem:
+        raise ConfigError(f"{source}: log_file: cannot write {path}: {problem}")
+
+
+def _dotenv_of(settings: Settings) -> str:
+    if settings.source.startswith("<"):
+        return ".env.local beside the config"
+    return str(Path(settings.source).parent / ".env.local")
+
+
 def check_secret(settings: Settings) -> None:
     """Refuse to serve with a JWT secret an attacker could guess."""
     secret = settings.auth.jwt_secret
-    how = "make one with:  openssl rand -base64 48  and put it in JWT_SECRET or JWT_SECRET_FILE"
-    if secret and secret.startswith("$("):
+    how = "make one with:  openssl rand -base64 48"
+    if not secret:
+        raise ConfigError(
+            f"JWT_SECRET is not set (serve signs login tokens with it): write "
+            f"JWT_SECRET=<the output of `openssl rand -base64 48`> into {_dotenv_of(settings)}, "
+            "or set it in the environment, or name a file holding it in JWT_SECRET_FILE"
+        )
+    if secret.startswith(("$(", "`")):
         raise ConfigError(
             f"JWT_SECRET is the literal text {secret!r}: .env files do not run commands, "
-            f"so this is not a random secret; {how}"
+            f"so this is not a random secret; run  openssl rand -base64 48  and write "
+            f"its output there instead"
         )
     # An HMAC key shorter than its hash's output weakens it (RFC 7518 3.2): 32 bytes for
     # HS256, 48 for HS384, 64 for HS512.
     least = max(32, int(settings.auth.jwt_algorithm[2:]) // 8)
-    if not secret or len(secret.encode()) < least:
+    if len(secret.encode()) < least:
         raise ConfigError(
-            f"JWT_SECRET must be at least {least} bytes long "
-            f"(auth.jwt_algorithm {settings.auth.jwt_algorithm}); {how}"
+            f"JWT_SECRET is {len(secret.encode())} bytes long; auth.jwt_algorithm "
+            f"{settings.auth.jwt_algorithm} needs at least {least}; {how}"
         )

@@ -31,6 +31,7 @@ from urllib.parse import quote, unquote_to_bytes
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from olbproxy import access
 from olbproxy.auth.principal import ANONYMOUS, OPEN, PRINCIPAL, Principal
 from olbproxy.errors import (
     BadRequest,
@@ -275,6 +276,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 async def _answer(request: web.Request, error: ProxyError) -> web.StreamResponse:
+    access.refused(request, error)
     match = request.get(MATCH)
     shape = shape_of(match.path if match is not None else request.path)
     started: web.StreamResponse | None = request.get(STARTED)

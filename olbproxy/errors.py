@@ -1,7 +1,8 @@
 """The one error hierarchy of olbproxy; every class knows its HTTP status.
 
     ProxyError                     500  anything we did not foresee
-    ├── ConfigError                     bad configuration (never reaches HTTP)
+    ├── ConfigError                     bad configuration (never reaches HTTP; exit status 2)
+    ├── StartupError                    cannot start: port taken, spool held (exit status 1)
     ├── BadRequest                 400  malformed JSON, wrong types, missing model
     │   ├── PayloadTooLarge        413  body over the configured limit
     │   ├── RequestTimeout         408  the client sent its body too slowly
@@ -50,6 +51,11 @@ class ProxyError(Exception):
 
 class ConfigError(ProxyError):
     """A configuration problem; the message names the file and the key."""
+
+
+class StartupError(ProxyError):
+    """The proxy cannot start for a reason outside its config (a port another program
+    holds, a spool another proxy holds); the message says what to do."""
 
 
 class BadRequest(ProxyError):

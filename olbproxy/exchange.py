@@ -46,6 +46,11 @@ class Exchange:
     group: str | None = None
     user: str = "anonymous"  # principal id (persistence, fairness); never a metric label
     user_name: str = "anonymous"
+    # For the access log (access.py): who called from where, how, and what they sent.
+    client: str | None = None
+    key_id: str | None = None
+    method: str = "POST"
+    bytes_in: int = 0
     stream: bool = False
     sse: bool = False
     # A token stream whose end the answer itself marks (done:true, [DONE]): checked with

@@ -5,6 +5,8 @@ so by default each operation goes to one backend of the model's group (the first
 healthy one, so that a blob upload and the /api/create that uses it meet). A group
 whose instances live on separate hosts (``model_store: separate``) gets each
 operation on every backend in turn, with the progress streamed back.
+
+Every operation an admin starts goes to the audit trail (audit.py) before it is sent.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 
 from aiohttp import web
 
+from olbproxy.audit import AuditTrail
 from olbproxy.body import model_of, read_json, wants_stream
 from olbproxy.cache import Bounded
 from olbproxy.edge import MATCH, Route, route, upstream_path
@@ -38,8 +41,10 @@ class ModelManagement:
         pool: Pool,
         router: Router,
         relay: Relay,
+        audit: AuditTrail,
     ) -> None:
         self.settings = settings
+        self.audit = audit
         self.pool = pool
         self.router = router
         self.relay = relay
@@ -77,6 +82,7 @@ class ModelManagement:
                 f"in {self.settings.source}"
             )
         group = self.pool.groups[settings.name]
+        self.audit.request(request, "model." + endpoint.rsplit("/", 1)[-1], model)
         if settings.model_store == "separate":
             return await self._each(request, group, raw, stream=wants_stream(data, default=True))
         order = group.healthy()
@@ -111,6 +117,8 @@ class ModelManagement:
         backend = self.blob_homes.get(digest) or self.pool.steward()
         if backend is None:
             raise Unavailable("no healthy backend to hold the blob")
+        if request.method == "POST":
+            self.audit.request(request, "model.blob", digest)
         body = request.content if request.method == "POST" else None
         response = await self.relay.forward(
             request,

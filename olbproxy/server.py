@@ -2,11 +2,17 @@
 
 SIGTERM/SIGINT: stop accepting, let in-flight streams finish up to the configured
 deadline, then run the app's cleanup (which flushes persistence) and return.
+
+A port another program holds is found before anything starts (``check_port``), and a
+start that fails half-way (the spool held by another proxy) cleans up what it began,
+so either ends in one ``StartupError`` the command line prints as one line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import signal
 from collections.abc import Callable, Coroutine
@@ -16,8 +22,9 @@ from aiohttp import web
 
 from olbproxy import config
 from olbproxy.app import create_app, reload_routing
-from olbproxy.errors import ConfigError
+from olbproxy.errors import ConfigError, StartupError
 from olbproxy.settings import Settings
+from olbproxy.tls import server_context
 
 log = logging.getLogger("olbproxy.server")
 
@@ -28,22 +35,39 @@ async def serve(
     app: web.Application | None = None,
     ready: Callable[[list[str]], None] | None = None,
     stop: asyncio.Event | None = None,
+    elsewhere: str = "",
 ) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop``); ``elsewhere`` says how to pick another
+    port when this one is taken (default: the config's listen)."""
+    host, port = settings.listen_host, settings.listen_port
+    await check_port(host, port, elsewhere=elsewhere)
+    ssl_context = server_context(settings)
     app = app or await create_app(settings)
     runner = web.AppRunner(
         app,
         handler_cancellation=True,  # a client that leaves cancels its upstream request
         shutdown_timeout=settings.shutdown_deadline,
-        access_log=None,  # one line per exchange is logged by the app instead
+        # aiohttp's own access log is off: access.py writes one line per exchange,
+        # refusal, login and sign-up, with who and why.
+        access_log=None,
     )
-    await runner.setup()
-    site = web.TCPSite(
-        runner, settings.listen_host, settings.listen_port, backlog=2048, reuse_address=True
-    )
-    await site.start()
-    addresses = [_address(s) for s in runner.addresses]
+    try:
+        await runner.setup()
+        site = web.TCPSite(
+            runner, host, port, backlog=2048, reuse_address=True, ssl_context=ssl_context
+        )
+        try:
+            await site.start()
+        except OSError as exc:
+            raise port_error(host, port, exc, elsewhere=elsewhere) from None
+    except BaseException:
+        await runner.cleanup()  # closes what the app's start opened (store, session)
+        raise
+    addresses = [_address(s, tls=ssl_context is not None) for s in runner.addresses]
     for note in settings.notices:
         log.warning("%s", note)
+    if settings.store.backend == "mongodb":
+        log.info("config %s, MongoDB database %r", settings.source, settings.store.database)
     log.info("olbproxy listening on %s", ", ".join(addresses))
     if ready is not None:
         ready(addresses)
@@ -76,11 +100,50 @@ def _reload(app: web.Application, path: str) -> None:
     reload_routing(app, settings)
 
 
-def _address(address: object) -> str:
+def _address(address: object, *, tls: bool = False) -> str:
+    scheme = "https" if tls else "http"
     if isinstance(address, tuple):
         host, port = address[0], address[1]
-        return f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"
+        return f"{scheme}://[{host}]:{port}" if ":" in str(host) else f"{scheme}://{host}:{port}"
     return str(address)
+
+
+# Where a wildcard listener would meet another program on the same port: on macOS
+# (BSD sockets) 0.0.0.0:11434 binds beside Ollama.app's 127.0.0.1:11434, and local
+# clients would then reach Ollama, not the proxy. So ask loopback whether anyone answers.
+_WILDCARDS = ("", "0.0.0.0", "::")
+
+
+async def check_port(host: str, port: int, *, elsewhere: str = "") -> None:
+    """Refuse to start when another program answers on the port we are to listen on."""
+    probe = "127.0.0.1" if host in _WILDCARDS else host
+    try:
+        async with asyncio.timeout(1.0):
+            _, writer = await asyncio.open_connection(probe, port)
+    except (OSError, TimeoutError):
+        return  # nobody answers: binding will tell the rest
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    raise port_error(host, port, None, elsewhere=elsewhere)
+
+
+def port_error(host: str, port: int, exc: OSError | None, *, elsewhere: str = "") -> StartupError:
+    """One line that says what holds the port and what to do about it."""
+    if exc is not None and exc.errno != errno.EADDRINUSE:
+        what = exc.strerror or str(exc)
+        return StartupError(f"cannot listen on {host}:{port}: {what}")
+    hint = (
+        "Ollama.app listens there unless moved: quit it, or start it with "
+        "OLLAMA_HOST=127.0.0.1:11400"
+        if port == 11434
+        else f"`lsof -nP -iTCP:{port} -sTCP:LISTEN` shows which program holds it"
+    )
+    other = elsewhere or "or set another port in the config's listen"
+    return StartupError(
+        f"cannot listen on {host or '0.0.0.0'}:{port}: the port is in use by another "
+        f"program; {hint}; {other}"
+    )
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:

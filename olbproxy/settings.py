@@ -12,6 +12,12 @@ from typing import Any, Literal
 
 ModelStore = Literal["shared", "separate"]
 Registration = Literal["open", "invite", "closed"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LogFormat = Literal["text", "json"]
+
+# The seed app's database (its MONGODB_URI ended in /gpt): the CLI and the server use it
+# unless store.database or the URI's path names another one.
+DEFAULT_DATABASE = "gpt"
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,9 @@ class AuthSettings:
     issuer: str | None = None
     audience: str | None = None
     bcrypt_cost: int = 12
-    registration: Registration = "open"
+    # Closed unless the operator opens it: the proxy listens on the LAN, and an open
+    # sign-up would hand the GPUs to whoever can reach the port.
+    registration: Registration = "closed"
     # Codes accepted by /api/auth/register when registration is "invite" (reusable).
     invite_codes: tuple[str, ...] = field(default=(), repr=False)
     # Groups given to self-registered users; empty: every group.
@@ -89,7 +97,9 @@ class AuthSettings:
 @dataclass(frozen=True)
 class StoreSettings:
     mongodb_uri: str | None = field(default=None, repr=False)
-    database: str = "olbproxy"
+    # Precedence: store.database in the YAML, else the database MONGODB_URI names, else
+    # DEFAULT_DATABASE; config.load resolves it, so this is always the one in use.
+    database: str = DEFAULT_DATABASE
     # "memory" keeps everything in process (demo); "mongodb" needs mongodb_uri.
     backend: Literal["mongodb", "memory"] = "mongodb"
     # Seconds to wait for MongoDB before answering 503 (server selection, connect).
@@ -182,7 +192,18 @@ class Settings:
     body_timeout: float = 60.0
     connect_timeout: float = 5.0
     shutdown_deadline: float = 60.0
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
+    # "json": every log record one JSON object per line (for log shippers).
+    log_format: LogFormat = "text"
+    # Write the log to this file instead of stderr; it is reopened when newsyslog (or
+    # anything else) moves it away, so rotation needs no signal and no restart.
+    log_file: str | None = None
+    # One line per model exchange, refusal, login and sign-up (access.py).
+    access_log: bool = True
+    # Serve HTTPS with this certificate chain and key (PEM files; relative paths are
+    # relative to the working directory, like store.spool_dir). Both or neither.
+    tls_cert: str | None = None
+    tls_key: str | None = None
     health: HealthSettings = HealthSettings()
     auth: AuthSettings = AuthSettings()
     store: StoreSettings = StoreSettings()
@@ -199,3 +220,7 @@ class Settings:
 
     def group(self, name: str) -> GroupSettings | None:
         return next((g for g in self.groups if g.name == name), None)
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None

@@ -19,6 +19,8 @@ from mongo import MongoServer
 from olbproxy.app import create_app
 from olbproxy.settings import GroupSettings, Settings
 from olbproxy.simulator import OllamaSimulator
+from olbproxy.store import Store
+from olbproxy.store.backends import open_store
 
 
 @dataclass
@@ -160,3 +162,20 @@ async def own_mongo(tmp_path: Path) -> AsyncIterator[MongoServer]:
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture(params=["memory", "mongodb"])
+def store_uri(request: pytest.FixtureRequest) -> str | None:
+    """The store tests run against both backends: the same contract."""
+    # Sync, so that the session's MongoDB server starts outside the event loop.
+    return request.getfixturevalue("mongo_uri") if request.param == "mongodb" else None
+
+
+@pytest.fixture
+async def store(store_uri: str | None) -> AsyncIterator[Store]:
+    from identity import store_settings  # identity imports this module
+
+    opened = open_store(Settings(store=store_settings(store_uri)))
+    await opened.start()
+    yield opened
+    await opened.close()

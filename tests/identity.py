@@ -40,8 +40,10 @@ def store_settings(mongo_uri: str | None, **overrides: Any) -> StoreSettings:
 
 
 def auth_settings(**overrides: Any) -> AuthSettings:
-    """Auth on, a strong secret, and bcrypt's cheapest cost so tests stay fast."""
-    return replace(AuthSettings(), **{"jwt_secret": SECRET, "bcrypt_cost": 4, **overrides})
+    """Auth on, a strong secret, bcrypt's cheapest cost so tests stay fast, and open
+    sign-up (shipped closed) so the tests of registration can register."""
+    defaults = {"jwt_secret": SECRET, "bcrypt_cost": 4, "registration": "open"}
+    return replace(AuthSettings(), **{**defaults, **overrides})
 
 
 def basic(user: str, password: str) -> dict[str, str]:

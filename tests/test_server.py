@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -144,3 +145,94 @@ async def test_serve_with_a_bad_config_names_the_key_and_exits_non_zero(tmp_path
     _, err = await process.communicate()
     assert process.returncode == 2
     assert b"groups[0].endpoints[0]" in err and str(config).encode() in err
+
+
+async def run_cli(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """`olbproxy ...` as a process of its own: exit status and everything on stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "olbproxy",
+        *argv,
+        env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, err.decode()
+
+
+def taken(port: int, *, listening: bool) -> socket.socket:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", port))
+    if listening:
+        holder.listen()
+    return holder
+
+
+@pytest.mark.parametrize("listening", [True, False], ids=["another-server", "bound-only"])
+async def test_serve_on_a_taken_port_says_so_in_one_line_and_exits_1(
+    tmp_path: Path, listening: bool
+) -> None:
+    port = free_port()
+    config = tmp_path / "olbproxy.yaml"
+    write_config(config, port, ["http://127.0.0.1:1"])
+    with taken(port, listening=listening):
+        code, err = await run_cli("serve", "--config", str(config))
+    assert code == 1
+    assert err.splitlines()[-1] == (
+        f"olbproxy: cannot listen on 127.0.0.1:{port}: the port is in use by another program; "
+        f"`lsof -nP -iTCP:{port} -sTCP:LISTEN` shows which program holds it; or set another "
+        "port in the config's listen"
+    )
+    assert "Traceback" not in err and "Unclosed" not in err
+    if listening:  # found before anything started: nothing else was said
+        assert len(err.splitlines()) == 1
+
+
+def test_the_hint_for_ollamas_own_port_names_ollama_app() -> None:
+    from olbproxy.server import port_error
+
+    message = port_error("0.0.0.0", 11434, None).message
+    assert "Ollama.app listens there unless moved" in message
+    assert "OLLAMA_HOST=127.0.0.1:11400" in message
+
+
+async def test_demo_on_a_taken_port_says_so_in_one_line_and_exits_1() -> None:
+    port = free_port()
+    with taken(port, listening=True):
+        code, err = await run_cli("demo", "--port", str(port))
+    assert code == 1
+    assert err.splitlines() == [
+        f"olbproxy: cannot listen on 127.0.0.1:{port}: the port is in use by another program; "
+        f"`lsof -nP -iTCP:{port} -sTCP:LISTEN` shows which program holds it; or run: "
+        f"olbproxy demo --port {port + 66}"
+    ]
+
+
+async def test_a_spool_held_by_another_proxy_is_one_line_and_exit_1(
+    tmp_path: Path, serve: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "spool").mkdir()
+    configs = []
+    for name in ("first", "second"):
+        port = free_port()
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(
+            f"listen: 127.0.0.1:{port}\nauth: {{enabled: false}}\n"
+            f"store: {{spool_dir: {tmp_path / 'spool'}, timeout: 0.3}}\n"
+            'groups: [{name: a, models: ["*"], endpoints: ["http://127.0.0.1:1"]}]\n',
+            encoding="utf-8",
+        )
+        configs.append((config, port))
+    # MongoDB does not answer (nothing listens on port 1): the spool is what matters.
+    monkeypatch.setenv("MONGODB_URI", "mongodb://127.0.0.1:1/olb?directConnection=true")
+    await serve(*configs[0])  # type: ignore[operator]
+    code, err = await run_cli("serve", "--config", str(configs[1][0]))
+    assert code == 1
+    assert err.splitlines()[-1] == (
+        f"olbproxy: store.spool_dir: {tmp_path / 'spool'} is in use by another olbproxy "
+        "process; stop that one, or give each proxy a spool directory of its own"
+    )
+    assert "Traceback" not in err and "Unclosed" not in err

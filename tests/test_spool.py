@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from olbproxy.errors import ConfigError
+from olbproxy.errors import StartupError
 from olbproxy.persistence import spool as spool_module
 from olbproxy.persistence.spool import Spool
 
@@ -127,7 +127,7 @@ async def test_one_process_per_spool_directory(tmp_path: Path) -> None:
     first = Spool(tmp_path)
     await first.open()
     second = Spool(tmp_path)
-    with pytest.raises(ConfigError, match="in use by another olbproxy process"):
+    with pytest.raises(StartupError, match="in use by another olbproxy process"):
         await second.open()
     await first.close()
     await second.open()  # free again

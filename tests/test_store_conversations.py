@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from bson import ObjectId
 from identity import database_of, store_settings
 
@@ -49,20 +47,6 @@ def message(message_id: str, room_id: str | None = "r1", started: float = 0, **k
         **kw,
     }
     return Message(id=message_id, **values)
-
-
-@pytest.fixture(params=["memory", "mongodb"])
-def store_uri(request: pytest.FixtureRequest) -> str | None:
-    # Sync, so that the session's MongoDB server starts outside the event loop.
-    return request.getfixturevalue("mongo_uri") if request.param == "mongodb" else None
-
-
-@pytest.fixture
-async def store(store_uri: str | None) -> AsyncIterator[Store]:
-    opened = open_store(Settings(store=store_settings(store_uri)))
-    await opened.start()
-    yield opened
-    await opened.close()
 
 
 async def test_a_message_round_trips_with_every_field(store: Store) -> None:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
 from identity import store_settings
 from mongo import MongoServer
+from pymongo.errors import ServerSelectionTimeoutError
 
 from olbproxy.errors import Conflict, Unavailable
 from olbproxy.settings import Settings
 from olbproxy.store import ApiKey, Store, User, new_id
 from olbproxy.store.backends import open_store
+from olbproxy.store.mongo import Outage
 
 
 def moment() -> datetime:
@@ -31,20 +33,6 @@ def user(name: str, **kw: object) -> User:
         created_at=moment(),
         **kw,  # type: ignore[arg-type]
     )
-
-
-@pytest.fixture(params=["memory", "mongodb"])
-def store_uri(request: pytest.FixtureRequest) -> str | None:
-    # Sync, so that the session's MongoDB server starts outside the event loop.
-    return request.getfixturevalue("mongo_uri") if request.param == "mongodb" else None
-
-
-@pytest.fixture
-async def store(store_uri: str | None) -> AsyncIterator[Store]:
-    opened = open_store(Settings(store=store_settings(store_uri)))
-    await opened.start()
-    yield opened
-    await opened.close()
 
 
 async def test_users_round_trip(store: Store) -> None:
@@ -143,3 +131,33 @@ async def test_an_unreachable_mongodb_is_a_quick_503(own_mongo: MongoServer) -> 
     # pymongo leaks a socket if it is closed while reconnecting to a dead server.
     assert await store.users.find("kim") is not None
     await store.close()
+
+
+# What pymongo says when MongoDB is down: the reason, then its whole topology.
+PYMONGO_MESSAGE = (
+    "127.0.0.1:1: [Errno 111] Connect call failed ('127.0.0.1', 1) (configured timeouts: "
+    "socketTimeoutMS: 3000.0ms, connectTimeoutMS: 3000.0ms), Timeout: 3.0s, Topology "
+    "Description: <TopologyDescription id: 6b13cecc9efaa9243e58fc31, topology_type: Unknown, "
+    "servers: [<ServerDescription ('127.0.0.1', 1) server_type: Unknown, rtt: None, "
+    "error=AutoReconnect(\"127.0.0.1:1: [Errno 111] Connect call failed ('127.0.0.1', 1) "
+    '(configured timeouts: socketTimeoutMS: 3000.0ms, connectTimeoutMS: 3000.0ms)")>]>'
+)
+
+
+def test_an_outage_is_one_short_log_line_at_most_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Not pymongo's topology description on every failed request (issue 15)."""
+    clock = [1000.0]
+    outage = Outage(every=60, clock=lambda: clock[0])
+    caplog.set_level(logging.WARNING, logger="olbproxy.store")
+    for seconds in (0, 1, 2, 61):
+        clock[0] = 1000.0 + seconds
+        with pytest.raises(Unavailable), outage():
+            raise ServerSelectionTimeoutError(PYMONGO_MESSAGE)
+    lines = [r.getMessage() for r in caplog.records if r.name == "olbproxy.store"]
+    assert lines == [
+        "MongoDB is unreachable: 127.0.0.1:1: [Errno 111] Connect call failed ('127.0.0.1', 1)",
+        "MongoDB is unreachable: 127.0.0.1:1: [Errno 111] Connect call failed ('127.0.0.1', 1) "
+        "(2 more failures since the last report)",
+    ]

@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from olbproxy import access
 from olbproxy.auth import passwords
 from olbproxy.auth.principal import Role
 from olbproxy.auth.scripts import mixture_allowed
@@ -116,9 +117,11 @@ class Accounts:
 
     async def register(self, request: web.Request) -> web.StreamResponse:
         s = self.settings
+        access.attempt(request, "signup", None)  # its refusal is a sign-up's, name or not
         if s.registration == "closed":
             raise Forbidden("registration is closed: ask an admin to add you")
         _, data = await read_json(request, _BODY_LIMIT)
+        access.attempt(request, "signup", data.get("username"))
         if s.registration == "invite" and not self._invited(data.get("invite")):
             raise Forbidden("registration needs a valid invite code (field 'invite')")
         name = normalise_username(data.get("username"))
@@ -129,6 +132,7 @@ class Accounts:
         self.by_address.record(address)
         groups = frozenset(s.default_groups) or None
         user = await self.add_user(name, password, groups=groups)
+        access.signup(request, user.username)
         body = {"id": user.id, "username": user.username, "role": user.role}
         return web.json_response(body, status=201)
 
@@ -141,6 +145,7 @@ class Accounts:
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         _, data = await read_json(request, _BODY_LIMIT)
+        access.attempt(request, "login", data.get("username"))
         password = data.get("password")
         if not isinstance(password, str) or not password:
             raise BadRequest("password is required")
@@ -170,6 +175,7 @@ class Accounts:
             raise Forbidden(f"account '{user.username}' is disabled")
         token, expires = self.tokens.issue(user)
         await self._logged_in(user, password)
+        access.login(request, user.username)
         body = {
             "token": token,
             "expires_at": expires.isoformat().replace("+00:00", "Z"),

@@ -62,6 +62,11 @@ OWUI_CHAT = "X-OpenWebUI-Chat-Id"
 _HEADER_VALUE_MAX = 256
 
 HOW = "send Authorization: Bearer <token or API key> (a token: POST /api/auth/login)"
+# Basic with an account's password is the usual mistake (http://kim:PASSWORD@host).
+BASIC_HINT = (
+    "HTTP Basic takes an API key (olb_...) as the password, not an account password: "
+    "ask an admin for a key (olbproxy key create NAME)"
+)
 
 
 class Authenticator:
@@ -129,7 +134,9 @@ class Authenticator:
         if claims == "expired":
             raise self._reject("expired", "token expired: log in again (POST /api/auth/login)")
         if claims == "invalid":
-            raise self._reject("invalid", f"invalid token or API key: {HOW}")
+            raise self._reject(
+                "invalid", BASIC_HINT if scheme == "basic" else f"invalid token or API key: {HOW}"
+            )
         user = await self.directory.user(claims.subject)
         if user is None:
             raise self._reject("invalid", "the token's user does not exist any more")

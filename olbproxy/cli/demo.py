@@ -9,19 +9,21 @@ that dies with the process.
 
 from __future__ import annotations
 
-import logging
+import importlib.util
+import os
 import secrets
+import shlex
 import socket
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 from aiohttp import web
 
 from olbproxy.app import AUTHENTICATOR, create_app
-from olbproxy.server import run, serve
+from olbproxy.server import check_port, run, serve
 from olbproxy.settings import GroupSettings, Settings
 from olbproxy.simulator import DEFAULT_MODELS, OllamaSimulator
-
-log = logging.getLogger("olbproxy.cli.demo")
 
 DEMO_USER = "demo"
 
@@ -51,6 +53,9 @@ def demo_settings(host: str, port: int, groups: tuple[GroupSettings, ...]) -> Se
 
 
 async def _main(host: str, port: int) -> None:
+    # Before five simulators start: the port the proxy needs must be free.
+    elsewhere = f"or run: olbproxy demo --port {port + 66}"
+    await check_port(host, port, elsewhere=elsewhere)
     simulators: list[OllamaSimulator] = []
     groups: list[GroupSettings] = []
     for name, model, ports in SEED_LAYOUT:
@@ -103,27 +108,37 @@ async def _main(host: str, port: int) -> None:
             f"  curl {base}/api/tags          # 401: every API call needs a token or key",
             f"  curl {base}/api/auth/login -d "
             f'\'{{"username":"{DEMO_USER}","password":"{demo["password"]}"}}\'',
-            f"  python -c \"import ollama; c = ollama.Client(host='{base}', "
-            f"headers={{'Authorization': 'Bearer {demo['token']}'}}); "
-            "print(c.chat(model='gpt-oss:120b', messages=[{'role':'user','content':'hi'}])"
-            '.message.content)"',
-            f'  OLLAMA_API_KEY={demo["key"]} python -c "import ollama; '
-            f"print(ollama.Client(host='{base}').list())\"",
+            *python_lines(base, demo["token"], demo["key"]),
             "",
             "Stop with Ctrl-C.",
         ]
         print("\n".join(lines), flush=True)
 
     try:
-        await serve(settings, app=app, ready=ready)
+        await serve(settings, app=app, ready=ready, elsewhere=elsewhere)
     finally:
         for sim in simulators:
             await sim.stop()
 
 
+def python_lines(base: str, token: str, key: str) -> list[str]:
+    """The `ollama` library examples, with a Python that has the library, or how to get it."""
+    python = shlex.quote(os.path.relpath(sys.executable))
+    lines = [
+        f"  {python} -c \"import ollama; c = ollama.Client(host='{base}', "
+        f"headers={{'Authorization': 'Bearer {token}'}}); "
+        "print(c.chat(model='gpt-oss:120b', messages=[{'role':'user','content':'hi'}])"
+        '.message.content)"',
+        f'  OLLAMA_API_KEY={key} {python} -c "import ollama; '
+        f"print(ollama.Client(host='{base}').list())\"",
+    ]
+    if importlib.util.find_spec("ollama") is None:
+        # `make demo` installs the proxy only; the `ollama` client comes with `make test`.
+        pip = shlex.quote(os.path.relpath(Path(sys.executable).with_name("pip")))
+        lines.insert(0, f"  {pip} install ollama     # the library is not installed here yet")
+    return lines
+
+
 def run_demo(*, host: str = "127.0.0.1", port: int = 11434) -> int:
-    if not _free(port):
-        log.error("port %d is taken (is Ollama running?); try: olbproxy demo --port 11500", port)
-        return 1
     run(lambda: _main(host, port))
     return 0

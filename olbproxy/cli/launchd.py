@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from olbproxy import config
+from olbproxy.cli.configfile import find_config
 from olbproxy.settings import GroupSettings, Settings
 
 PREFIX = "com.olbproxy"
@@ -231,9 +232,10 @@ class Generator:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    settings = config.load(args.config)
+    path = find_config(args.config)
+    settings = config.load(path)
     options = LaunchdOptions(
-        config=Path(args.config),
+        config=path,
         workdir=Path(args.workdir),
         ollama=args.ollama,
         olbproxy=args.olbproxy,
@@ -263,7 +265,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     generate = commands.add_parser(
         "generate", help="write the plists and install.sh for the config's local instances"
     )
-    generate.add_argument("--config", default=None, help="YAML file (config/olbproxy.yaml)")
+    generate.add_argument("--config", type=Path, default=None, help="YAML file (as for serve)")
     generate.add_argument("--out", default="launchd", help="output directory (launchd/)")
     generate.add_argument(
         "--workdir", default=".", help="the checkout the proxy runs in (default: here)"

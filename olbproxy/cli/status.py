@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from olbproxy import config
+from olbproxy.cli.configfile import find_config
 from olbproxy.settings import Settings
 from olbproxy.status import PATH
 
@@ -51,23 +54,40 @@ def default_url(settings: Settings) -> str:
         host = "127.0.0.1"
     elif ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{settings.listen_port}"
+    return f"{'https' if settings.tls else 'http'}://{host}:{settings.listen_port}"
 
 
-def fetch(url: str, token: str | None, *, timeout: float = 30.0) -> dict[str, Any]:
+def own_certificate(settings: Settings) -> ssl.SSLContext | None:
+    """Trust exactly the proxy's own certificate (often self-signed), whatever name it
+    carries: the URL is the config's own listener, reached as 127.0.0.1."""
+    if settings.tls_cert is None:
+        return None
+    context = ssl.create_default_context(cafile=settings.tls_cert)
+    context.check_hostname = False
+    return context
+
+
+def fetch(
+    url: str, token: str | None, *, timeout: float = 30.0, context: ssl.SSLContext | None = None
+) -> dict[str, Any]:
     request = urllib.request.Request(url.rstrip("/") + PATH, headers={"Accept": "application/json"})
     if token:
         request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
         data: dict[str, Any] = json.load(response)
     return data
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    url = args.url or default_url(config.load(args.config))
+    context = None
+    if args.url:
+        url = args.url
+    else:
+        settings = config.load(find_config(args.config))
+        url, context = default_url(settings), own_certificate(settings)
     token = args.token or os.environ.get("OLBPROXY_TOKEN")
     try:
-        status = fetch(url, token)
+        status = fetch(url, token, context=context)
     except urllib.error.HTTPError as exc:
         try:
             message = json.loads(exc.read()).get("error", exc.reason)
@@ -90,7 +110,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "status", help="print groups and backends of a running proxy (admin)"
     )
     parser.add_argument("--url", help="the proxy's base URL (default: from the config's listen)")
-    parser.add_argument("--config", default=None, help="YAML file (config/olbproxy.yaml)")
+    parser.add_argument("--config", type=Path, default=None, help="YAML file (as for serve)")
     parser.add_argument("--token", help="an admin token (default: $OLBPROXY_TOKEN)")
     parser.add_argument("--json", action="store_true", help="print the raw JSON")
     parser.set_defaults(func=cmd_status)

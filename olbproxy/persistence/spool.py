@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from olbproxy.errors import ConfigError
+from olbproxy.errors import StartupError
 
 log = logging.getLogger("olbproxy.persistence.spool")
 
@@ -130,9 +130,9 @@ class Spool:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise ConfigError(
+            raise StartupError(
                 f"store.spool_dir: {self.directory} is in use by another olbproxy process; "
-                "give each proxy a spool directory of its own"
+                "stop that one, or give each proxy a spool directory of its own"
             ) from None
         self._held = fd
 

@@ -4,7 +4,8 @@
     ├── users: Users           accounts (username, password hash, role, groups)
     ├── keys: Keys             API keys (hashed; revocable)
     ├── rooms: Rooms           conversations: consecutive turns of one user (persistence/)
-    └── messages: Messages     one per recorded exchange: a turn, a background task, a generate
+    ├── messages: Messages     one per recorded exchange: a turn, a background task, a generate
+    └── audit: Audit           admin actions: who did what to whom, when, from where (audit.py)
 
 ``store/mongo.py`` (pymongo's ``AsyncMongoClient``; the only module that imports
 pymongo) is the real one; ``store/memory.py`` keeps everything in the process for
@@ -18,8 +19,8 @@ Writes of rooms and messages are idempotent: replaying a record changes nothing 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TypedDict
 
@@ -150,6 +151,22 @@ class RoomStep:
     updated_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One admin action (audit.py): who did what to whom, when, and from where."""
+
+    id: str
+    at: datetime
+    actor: str  # the admin's username; for the command line, the OS user who ran it
+    via: str  # cli, or how the admin authenticated (token, key, basic, trusted, open)
+    address: str  # the client's address; for the command line, the host it ran on
+    action: str  # user.add, user.disable, key.create, key.revoke, model.pull, ...
+    target: str  # the user, key id or model acted on
+    # username_key of the actor and of the user the action concerns: `audit --user`.
+    users: tuple[str, ...] = ()
+    detail: Mapping[str, Any] = field(default_factory=dict)  # role, groups, label, ...
+
+
 # Where a page ends: (updated_at, id) of the last room, or (started_at, id) of the last message.
 Mark = tuple[datetime, str]
 
@@ -223,6 +240,15 @@ class Messages(Protocol):
     async def delete_room(self, room_id: str) -> int: ...
 
 
+class Audit(Protocol):
+    async def add(self, entry: AuditEntry) -> None: ...
+
+    async def list(
+        self, *, since: datetime | None = None, user: str | None = None, limit: int = 100
+    ) -> list[AuditEntry]:
+        """Newest first; ``user`` is a username_key the entry must concern."""
+
+
 class Store(Protocol):
     @property
     def users(self) -> Users: ...
@@ -235,6 +261,9 @@ class Store(Protocol):
 
     @property
     def messages(self) -> Messages: ...
+
+    @property
+    def audit(self) -> Audit: ...
 
     async def start(self) -> None:
         """Prepare (indexes); a database that does not answer yet is logged, not fatal."""

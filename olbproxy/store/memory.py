@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from olbproxy.errors import Conflict
 from olbproxy.store import (
     ApiKey,
+    Audit,
+    AuditEntry,
     Keys,
     Mark,
     Message,
@@ -191,6 +193,25 @@ def _message_mark(message: Message) -> Mark:
     return (message.started_at, message.id)
 
 
+class MemoryAudit:
+    def __init__(self) -> None:
+        self._entries: list[AuditEntry] = []
+
+    async def add(self, entry: AuditEntry) -> None:
+        self._entries.append(entry)
+
+    async def list(
+        self, *, since: datetime | None = None, user: str | None = None, limit: int = 100
+    ) -> list[AuditEntry]:
+        found = [
+            e
+            for e in self._entries
+            if (since is None or e.at >= since) and (user is None or user in e.users)
+        ]
+        found.sort(key=lambda e: (e.at, e.id), reverse=True)
+        return found[:limit]
+
+
 class MemoryStore:
     """Everything in dictionaries; nothing to start or close."""
 
@@ -199,6 +220,7 @@ class MemoryStore:
         self._keys = MemoryKeys()
         self._rooms = MemoryRooms()
         self._messages = MemoryMessages()
+        self._audit = MemoryAudit()
 
     @property
     def users(self) -> Users:
@@ -215,6 +237,10 @@ class MemoryStore:
     @property
     def messages(self) -> Messages:
         return self._messages
+
+    @property
+    def audit(self) -> Audit:
+        return self._audit
 
     async def start(self) -> None:
         pass

@@ -1,5 +1,5 @@
-"""The MongoDB store: pymongo's ``AsyncMongoClient``. This module and mongo_rooms.py (rooms
-and messages) are the only ones that import pymongo.
+"""The MongoDB store: pymongo's ``AsyncMongoClient``. This module, mongo_rooms.py (rooms
+and messages) and mongo_audit.py (the audit trail) are the only ones that import pymongo.
 
 Collections in ``store.database`` (the seed's URI names it: ``.../gpt``):
 
@@ -20,17 +20,22 @@ Collections in ``store.database`` (the seed's URI names it: ``.../gpt``):
   ``(user_id, full_hash)`` (continuations). The seed app's own ``rooms`` and
   ``messages`` documents may share these collections: every query filters on fields
   they do not have (string ``user_id``/``room_id``), and reading tolerates missing fields.
+* ``audit``: admin actions (mongo_audit.py).
 
 Server selection is bounded by ``store.timeout`` so an outage answers 503 in seconds
 instead of hanging a login for pymongo's default 30 s. Conversation reads and writes
 run under one client-side deadline of ``store.timeout`` each (``pymongo.timeout``), so
 a server that accepts connections but never answers cannot hold the recorder either.
+While MongoDB is down, the log says so in one short line at most once a minute
+(``Outage``), not with pymongo's topology description on every failed request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Collection
+import time
+from collections.abc import Callable, Collection, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -46,6 +51,7 @@ from olbproxy.errors import ConfigError, Conflict, Unavailable
 from olbproxy.settings import StoreSettings
 from olbproxy.store import (
     ApiKey,
+    Audit,
     Keys,
     Messages,
     Rooms,
@@ -54,10 +60,47 @@ from olbproxy.store import (
     UserChanges,
     Users,
 )
-from olbproxy.store.mongo_errors import mongo_errors
+from olbproxy.store.mongo_audit import MongoAudit
+from olbproxy.store.mongo_errors import mongo_errors, short
 from olbproxy.store.mongo_rooms import Document, MongoMessages, MongoRooms
 
 log = logging.getLogger("olbproxy.store")
+
+
+# While MongoDB is down every first use of a key or a login fails: say so at most this
+# often (with how many failures were not reported), not once per request.
+REPORT_EVERY = 60.0
+
+
+class Outage:
+    """mongo_errors() for users and keys, which also says "MongoDB is unreachable" in the
+    log in one short line, at most every ``every`` seconds."""
+
+    def __init__(
+        self, every: float = REPORT_EVERY, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.every = every
+        self.clock = clock
+        self._reported: float | None = None
+        self._held = 0
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        try:
+            with mongo_errors():
+                yield
+        except Unavailable as exc:
+            self._report(exc.__cause__ or exc)
+            raise
+
+    def _report(self, exc: BaseException) -> None:
+        now = self.clock()
+        if self._reported is not None and now - self._reported < self.every:
+            self._held += 1
+            return
+        more = f" ({self._held} more failures since the last report)" if self._held else ""
+        self._reported, self._held = now, 0
+        log.warning("MongoDB is unreachable: %s%s", short(exc), more)
 
 
 def client(uri: str, timeout: float) -> AsyncMongoClient[Document]:
@@ -130,12 +173,13 @@ _OURS = {"username_key": {"$type": "string"}}
 
 
 class MongoUsers:
-    def __init__(self, collection: AsyncCollection[Document]) -> None:
+    def __init__(self, collection: AsyncCollection[Document], reachable: Outage) -> None:
         self.collection = collection
+        self.reachable = reachable
         self.indexed = False
 
     async def ensure_indexes(self) -> None:
-        with mongo_errors():
+        with self.reachable():
             await self.collection.create_index(
                 [("username_key", ASCENDING)],
                 unique=True,
@@ -148,7 +192,7 @@ class MongoUsers:
         if not self.indexed:  # uniqueness rests on the index: never insert without it
             await self.ensure_indexes()
         doc = {"_id": _oid(user.id), **_user_fields(user)}
-        with mongo_errors():
+        with self.reachable():
             try:
                 await self.collection.insert_one(doc)
                 return
@@ -164,24 +208,24 @@ class MongoUsers:
             raise Conflict(f"a user with id {user.id} exists already")
 
     async def get(self, user_id: str) -> User | None:
-        with mongo_errors():
+        with self.reachable():
             doc = await self.collection.find_one({"_id": _oid(user_id), **_OURS})
         return None if doc is None else _user(doc)
 
     async def find(self, username_key: str) -> User | None:
-        with mongo_errors():
+        with self.reachable():
             doc = await self.collection.find_one({"username_key": username_key})
         return None if doc is None else _user(doc)
 
     async def get_many(self, user_ids: Collection[str]) -> list[User]:
         if not user_ids:
             return []
-        with mongo_errors():
+        with self.reachable():
             cursor = self.collection.find({"_id": {"$in": [_oid(i) for i in user_ids]}, **_OURS})
             return [_user(doc) async for doc in cursor]
 
     async def list(self) -> list[User]:
-        with mongo_errors():
+        with self.reachable():
             cursor = self.collection.find(_OURS).sort("username_key", ASCENDING)
             return [_user(doc) async for doc in cursor]
 
@@ -189,7 +233,7 @@ class MongoUsers:
         fields: Document = dict(changes)
         if "groups" in fields and fields["groups"] is not None:
             fields["groups"] = sorted(fields["groups"])
-        with mongo_errors():
+        with self.reachable():
             result = await self.collection.update_one(
                 {"_id": _oid(user_id), **_OURS}, {"$set": fields}
             )
@@ -197,11 +241,12 @@ class MongoUsers:
 
 
 class MongoKeys:
-    def __init__(self, collection: AsyncCollection[Document]) -> None:
+    def __init__(self, collection: AsyncCollection[Document], reachable: Outage) -> None:
         self.collection = collection
+        self.reachable = reachable
 
     async def ensure_indexes(self) -> None:
-        with mongo_errors():
+        with self.reachable():
             await self.collection.create_index([("user_id", ASCENDING)], name="user_id")
 
     async def add(self, key: ApiKey) -> None:
@@ -215,31 +260,31 @@ class MongoKeys:
             "created_at": key.created_at,
             "revoked_at": key.revoked_at,
         }
-        with mongo_errors():
+        with self.reachable():
             try:
                 await self.collection.insert_one(doc)
             except DuplicateKeyError:
                 raise Conflict(f"an API key with id {key.id} exists already") from None
 
     async def get(self, key_id: str) -> ApiKey | None:
-        with mongo_errors():
+        with self.reachable():
             doc = await self.collection.find_one({"_id": key_id})
         return None if doc is None else _key(doc)
 
     async def get_many(self, key_ids: Collection[str]) -> list[ApiKey]:
         if not key_ids:
             return []
-        with mongo_errors():
+        with self.reachable():
             return [_key(doc) async for doc in self.collection.find({"_id": {"$in": [*key_ids]}})]
 
     async def list(self, user_id: str | None = None) -> list[ApiKey]:
         query = {} if user_id is None else {"user_id": user_id}
-        with mongo_errors():
+        with self.reachable():
             cursor = self.collection.find(query).sort([("created_at", ASCENDING), ("_id", 1)])
             return [_key(doc) async for doc in cursor]
 
     async def revoke(self, key_id: str, at: datetime) -> bool:
-        with mongo_errors():
+        with self.reachable():
             result = await self.collection.update_one(
                 {"_id": key_id, "revoked_at": None}, {"$set": {"revoked_at": at}}
             )
@@ -254,8 +299,10 @@ class MongoStore:
         self.client = client(settings.mongodb_uri, settings.timeout)
         self.seconds = settings.timeout
         db = self.client[settings.database]
-        self._users = MongoUsers(db["users"])
-        self._keys = MongoKeys(db["api_keys"])
+        self.outage = Outage()
+        self._users = MongoUsers(db["users"], self.outage)
+        self._keys = MongoKeys(db["api_keys"], self.outage)
+        self._audit = MongoAudit(db["audit"], settings.timeout)
         self._rooms = MongoRooms(db["rooms"], settings.timeout)
         self._messages = MongoMessages(db["messages"], settings.timeout)
 
@@ -275,6 +322,10 @@ class MongoStore:
     def messages(self) -> Messages:
         return self._messages
 
+    @property
+    def audit(self) -> Audit:
+        return self._audit
+
     async def ping(self) -> None:
         with mongo_errors(self.seconds):
             await self.client.admin.command("ping")
@@ -285,6 +336,7 @@ class MongoStore:
             await self._keys.ensure_indexes()
             await self._rooms.ensure_indexes()
             await self._messages.ensure_indexes()
+            await self._audit.ensure_indexes()
         except Unavailable:
             # Serve anyway: cached identities keep working, and the users index is
             # created before the first insert (MongoUsers.add) once MongoDB answers.
@@ -310,7 +362,7 @@ async def read_seed_users(
     """
     seed = client(uri, seconds)
     try:
-        with mongo_errors():
+        with Outage()():
             cursor = seed[database][collection].find({"username_key": {"$exists": False}})
             docs = [doc async for doc in cursor]
     finally:

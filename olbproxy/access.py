@@ -1,0 +1,225 @@
+"""The access log: one line per model exchange, refusal, login and sign-up.
+
+What the person running the proxy reads to answer "who used the 120b model at 3 pm,
+and why was it slow?". Lines go to the ``olbproxy.access`` logger, which logs.py
+writes from a thread, as text (``key=value``, easy to grep) or as JSON lines::
+
+    event=exchange client=192.168.1.20 user=kim key=3fa9c2d41b7e method=POST route=/api/chat
+      model=gpt-oss:20b group=20b instance=127.0.0.1:11435 status=200 outcome=done
+      queue_ms=0 ttft_ms=412 duration_ms=3201 prompt_tokens=35 output_tokens=120
+      bytes_in=512 bytes_out=20480
+    event=refused client=192.168.1.31 user=- method=POST route=/api/chat status=401
+      outcome=refused reason="authentication required: ..."
+    event=login client=192.168.1.20 user=kim status=200 outcome=ok tls=no
+
+(one line each in the log). Where they come from:
+
+* **exchanges**: ``AccessLog.observe`` is one of ``OllamaApi.observers``; it runs once,
+  after the exchange has ended, and builds the whole line then, never per chunk;
+* **refusals**: ``refused(request, error)``, called by the error middleware for every
+  error it renders (4xx: ``refused``, 5xx: ``error``), unless the exchange's own line
+  already tells it;
+* **logins and sign-ups**: ``login`` / ``signup`` from accounts.py when they succeed; a
+  failed one is a refusal whose line names the attempted user (``attempt``).
+
+Never logged: passwords, tokens, API keys (only a key's public id), message content.
+A login or sign-up over plain HTTP from another machine also logs a warning: the
+password crossed the network readable (serve TLS, see tls.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+from typing import Any
+
+from aiohttp import web
+
+from olbproxy.auth.principal import PRINCIPAL
+from olbproxy.errors import ProxyError
+from olbproxy.exchange import EXCHANGE, Exchange
+from olbproxy.logs import FIELDS
+
+log = logging.getLogger("olbproxy.access")
+
+# Values a client chose (paths, usernames) are cut to this many characters.
+_VALUE_MAX = 200
+# The username a login or sign-up tried, for the line of its refusal.
+_ATTEMPT: web.RequestKey[tuple[str, str]] = web.RequestKey("access_attempt")
+
+
+_PLAIN = re.compile(r'[^\s"=\\]+')
+
+
+def _text(fields: dict[str, Any]) -> str:
+    """``key=value ...``; strings a client could have chosen are quoted when needed."""
+    parts = []
+    for key, value in fields.items():
+        if type(value) is int:
+            parts.append(f"{key}={value}")
+            continue
+        text = str(value)
+        if len(text) <= _VALUE_MAX and _PLAIN.fullmatch(text) and text.isprintable():
+            parts.append(f"{key}={text}")
+        else:
+            parts.append(f"{key}={_quoted(text)}")
+    return " ".join(parts)
+
+
+def _quoted(text: str) -> str:
+    if len(text) > _VALUE_MAX:
+        text = text[:_VALUE_MAX] + "..."
+    # JSON's escapes: a path or a name can never start a new line of the log.
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1000)
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False  # a Unix socket or an unknown peer: assume it is not this machine
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+class AccessLog:
+    """Builds and writes access lines; ``enabled`` false keeps only the TLS warning."""
+
+    def __init__(self, *, enabled: bool = True, json_format: bool = False) -> None:
+        self.enabled = enabled
+        self.json_format = json_format
+
+    def write(self, fields: dict[str, Any]) -> None:
+        """One line from ``fields`` (None values are left out), formatted once."""
+        if not self.enabled:
+            return
+        present = {k: v for k, v in fields.items() if v is not None}
+        if not log.isEnabledFor(logging.INFO):
+            return
+        if self.json_format:
+            message, extra = str(present.get("event")), {FIELDS: present}
+        else:
+            message, extra = _text(present), None
+        # makeRecord + handle, not log.info: info() looks up its caller's frame, which
+        # here would cost more than building the whole line.
+        log.handle(
+            log.makeRecord(log.name, logging.INFO, __file__, 0, message, (), None, extra=extra)
+        )
+
+    # -- the three sources ---------------------------------------------------------------
+
+    def observe(self, exchange: Exchange) -> None:
+        """An ``OllamaApi`` observer: the line of a finished model exchange."""
+        if not self.enabled:
+            return
+        counters = exchange.counters
+        outcome = exchange.outcome
+        reason = exchange.error
+        if reason is None and outcome == "error" and exchange.status >= 400:
+            reason = f"the backend answered {exchange.status}"
+        self.write(
+            {
+                "event": "exchange",
+                "client": exchange.client,
+                "user": exchange.user_name,
+                "key": exchange.key_id,
+                "method": exchange.method,
+                "route": exchange.endpoint,
+                "model": exchange.model,
+                "group": exchange.group,
+                "instance": exchange.backend,
+                "status": exchange.status or None,
+                "outcome": outcome,
+                "reason": reason,
+                "queue_ms": _ms(exchange.queue_wait),
+                "ttft_ms": _ms(exchange.ttft),
+                "duration_ms": _ms(exchange.duration),
+                "prompt_tokens": counters.get("prompt_eval_count"),
+                "output_tokens": counters.get("eval_count"),
+                "bytes_in": exchange.bytes_in,
+                "bytes_out": sum(map(len, exchange.chunks)),
+            }
+        )
+
+    def refusal(self, request: web.Request, error: ProxyError) -> None:
+        exchange = request.get(EXCHANGE)
+        if exchange is not None and exchange.ended is not None:
+            return  # the exchange's own line has told it
+        attempt = request.get(_ATTEMPT)
+        principal = request.get(PRINCIPAL)
+        if principal is not None and principal.via == "anonymous":
+            principal = None  # a public path: nobody has said who they are
+        user = attempt[1] if attempt else principal.name if principal is not None else None
+        self.write(
+            {
+                "event": attempt[0] if attempt else "refused",
+                "client": request.remote,
+                "user": user or "-",
+                "key": principal.key_id if principal is not None else None,
+                "method": request.method,
+                "route": request.path,
+                "status": error.status,
+                "outcome": "refused" if error.status < 500 else "error",
+                "reason": error.message,
+            }
+        )
+
+    def account(self, request: web.Request, event: str, username: str, status: int) -> None:
+        plain = not request.secure and not _is_loopback(request.remote)
+        if plain:
+            log.warning(
+                "%s of %s from %s over plain HTTP: the password crossed the network "
+                "unencrypted; set tls_cert and tls_key, or put a TLS front before the proxy",
+                event,
+                username,
+                request.remote,
+            )
+        self.write(
+            {
+                "event": event,
+                "client": request.remote,
+                "user": username,
+                "method": request.method,
+                "route": request.path,
+                "status": status,
+                "outcome": "ok",
+                "tls": "no" if not request.secure else "yes",
+            }
+        )
+
+
+ACCESS = web.AppKey("ACCESS", AccessLog)
+
+
+# -- the hooks other modules call (each one line where it is called) ----------------------
+
+
+def refused(request: web.Request, error: ProxyError) -> None:
+    """From the error middleware: the line of an error response it is about to render."""
+    access = request.app.get(ACCESS)
+    if access is not None:
+        access.refusal(request, error)
+
+
+def attempt(request: web.Request, event: str, username: object) -> None:
+    """A login or sign-up is about to be checked: its refusal names ``username``."""
+    request[_ATTEMPT] = (event, username if isinstance(username, str) else "-")
+
+
+def login(request: web.Request, username: str) -> None:
+    access = request.app.get(ACCESS)
+    if access is not None:
+        access.account(request, "login", username, 200)
+
+
+def signup(request: web.Request, username: str) -> None:
+    access = request.app.get(ACCESS)
+    if access is not None:
+        access.account(request, "signup", username, 201)
