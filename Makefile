@@ -5,6 +5,10 @@ VENV := .venv
 SECANTUS := .venv-secantus
 RUNTIME := $(VENV)/.runtime-installed
 TESTDEPS := $(VENV)/.test-installed
+# The client libraries of the conformance suite (tests/clients/), pinned in one place each:
+# Python in requirements.txt, ollama-js in js/package-lock.json.
+CLIENT_PINS := tests/clients/requirements.txt
+NODE_CLIENTS := tests/clients/js/node_modules/.package-lock.json
 
 .PHONY: demo test test-properties lint bench clean
 
@@ -13,9 +17,18 @@ $(RUNTIME): setup.cfg pyproject.toml
 	$(VENV)/bin/pip install -q -e .
 	touch $@
 
-$(TESTDEPS): $(RUNTIME)
-	$(VENV)/bin/pip install -q -e '.[test]'
+$(TESTDEPS): $(RUNTIME) $(CLIENT_PINS)
+	$(VENV)/bin/pip install -q -e '.[test]' -r $(CLIENT_PINS)
 	touch $@
+
+# ollama-js for tests/clients/test_ollama_js.py. Without npm the JS tests skip and say why
+# (CI sets OLBPROXY_REQUIRE_NODE=1, which turns that skip into a failure).
+$(NODE_CLIENTS): tests/clients/js/package.json tests/clients/js/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  cd tests/clients/js && npm ci --no-audit --no-fund --loglevel=error; \
+	else \
+	  echo "warning: npm not found: the ollama-js client tests will skip"; \
+	fi
 
 # SecantusDB (GPL-2.0) is a MongoDB wire-protocol server for tests only: it lives in its
 # own venv so it never becomes a dependency of the package.
@@ -33,9 +46,9 @@ lint: $(TESTDEPS)
 
 # The relay, splice and client tests run a second time with the splice off
 # (relay.splice: false, aiohttp's documented API only).
-SPLICE_BOTH_WAYS := tests/test_relay.py tests/test_splice.py tests/test_clients.py tests/test_failover.py
+SPLICE_BOTH_WAYS := tests/test_relay.py tests/test_splice.py tests/clients tests/test_failover.py
 
-test: lint $(SECANTUS)/bin/secantusd-py
+test: lint $(SECANTUS)/bin/secantusd-py $(NODE_CLIENTS)
 	OLBPROXY_SECANTUSD=$(CURDIR)/$(SECANTUS)/bin/secantusd-py $(VENV)/bin/pytest -q
 	OLBPROXY_SPLICE=0 $(VENV)/bin/pytest -q $(SPLICE_BOTH_WAYS)
 
@@ -48,4 +61,5 @@ bench: $(TESTDEPS) $(SECANTUS)/bin/secantusd-py
 	OLBPROXY_SECANTUSD=$(CURDIR)/$(SECANTUS)/bin/secantusd-py $(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(SECANTUS) *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(SECANTUS) *.egg-info .mypy_cache .ruff_cache .pytest_cache \
+	  tests/clients/js/node_modules
