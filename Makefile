@@ -10,7 +10,10 @@ TESTDEPS := $(VENV)/.test-installed
 CLIENT_PINS := tests/clients/requirements.txt
 NODE_CLIENTS := tests/clients/js/node_modules/.package-lock.json
 
-.PHONY: demo test test-properties lint bench clean
+OPENWEBUI := .venv-openwebui
+OPENWEBUI_PINS := tests/openwebui/requirements.txt
+
+.PHONY: demo test test-properties test-openwebui lint bench clean
 
 $(RUNTIME): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -35,6 +38,24 @@ $(NODE_CLIENTS): tests/clients/js/package.json tests/clients/js/package-lock.jso
 $(SECANTUS)/bin/secantusd-py:
 	$(PY) -m venv $(SECANTUS)
 	$(SECANTUS)/bin/pip install -q SecantusDB==0.7.0b3
+
+# Open WebUI end to end, opt-in (not part of `make test`): a venv of ~3 GB. torch goes in
+# first and alone: its CPU build lies on this machine's disk, while resolving it as one of
+# Open WebUI's dependencies pulls a CUDA build of several GB.
+$(OPENWEBUI)/.installed: $(OPENWEBUI_PINS) setup.cfg pyproject.toml
+	test -x $(OPENWEBUI)/bin/python || $(PY) -m venv $(OPENWEBUI)
+	$(OPENWEBUI)/bin/pip install -q $$(grep '^torch==' $(OPENWEBUI_PINS))
+	$(OPENWEBUI)/bin/pip install -q -r $(OPENWEBUI_PINS) -e '.[test]'
+	touch $@
+
+# Debian's Chromium for Playwright (never `playwright install`: no browser downloads here).
+test-openwebui: $(OPENWEBUI)/.installed
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo -n"; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    chromium >/dev/null; }
+	OLBPROXY_REQUIRE_OPENWEBUI=1 $(OPENWEBUI)/bin/pytest -q -s tests/openwebui
 
 demo: $(RUNTIME)
 	$(VENV)/bin/olbproxy demo
@@ -61,5 +82,5 @@ bench: $(TESTDEPS) $(SECANTUS)/bin/secantusd-py
 	OLBPROXY_SECANTUSD=$(CURDIR)/$(SECANTUS)/bin/secantusd-py $(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(SECANTUS) *.egg-info .mypy_cache .ruff_cache .pytest_cache \
+	rm -rf $(VENV) $(SECANTUS) $(OPENWEBUI) *.egg-info .mypy_cache .ruff_cache .pytest_cache \
 	  tests/clients/js/node_modules

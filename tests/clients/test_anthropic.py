@@ -36,7 +36,7 @@ def client_for(clients: Clients, key: str | None = None) -> AsyncAnthropic:
 
 async def test_a_message_answers_with_usage(clients: Clients) -> None:
     async with client_for(clients) as client:
-        message = await client.messages.create(model=SMALL, max_tokens=100, messages=MESSAGES)  # type: ignore[arg-type]
+        message = await client.messages.create(model=SMALL, max_tokens=100, messages=MESSAGES)
     (block,) = message.content
     assert block.type == "text" and block.text.startswith("[sim1] You said: why is the sky blue")
     assert message.stop_reason == "end_turn"
@@ -47,18 +47,18 @@ async def test_a_message_answers_with_usage(clients: Clients) -> None:
 async def test_a_stream_brings_its_events_and_text_in_pieces(clients: Clients) -> None:
     async with (
         client_for(clients) as client,
-        client.messages.stream(model=SMALL, max_tokens=100, messages=MESSAGES) as stream,  # type: ignore[arg-type]
+        client.messages.stream(model=SMALL, max_tokens=100, messages=MESSAGES) as stream,
     ):
         pieces = [text async for text in stream.text_stream]
         final = await stream.get_final_message()
-    assert len(pieces) == 12 and "".join(pieces) == final.content[0].text  # type: ignore[union-attr]
+    assert len(pieces) == 12 and "".join(pieces) == final.content[0].text
     assert final.stop_reason == "end_turn" and final.usage.output_tokens == 12
 
     async with client_for(clients) as client:
         events = await client.messages.create(
             model=SMALL,
             max_tokens=100,
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
             stream=True,
         )
         kinds = [event.type async for event in events]
@@ -78,14 +78,14 @@ async def test_tool_use_whole_and_streamed(clients: Clients) -> None:
         message = await client.messages.create(
             model=SMALL,
             max_tokens=100,
-            messages=messages,  # type: ignore[arg-type]
-            tools=[TOOL],  # type: ignore[list-item]
+            messages=messages,
+            tools=[TOOL],
         )
         async with client.messages.stream(
             model=SMALL,
             max_tokens=100,
-            messages=messages,  # type: ignore[arg-type]
-            tools=[TOOL],  # type: ignore[list-item]
+            messages=messages,
+            tools=[TOOL],
         ) as stream:
             streamed = await stream.get_final_message()
     for answer in (message, streamed):
@@ -101,7 +101,7 @@ async def test_thinking_comes_in_its_own_block(clients: Clients) -> None:
         client.messages.stream(
             model=BIG,
             max_tokens=2048,
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
             thinking={"type": "enabled", "budget_tokens": 1024},
         ) as stream,
     ):
@@ -115,8 +115,8 @@ async def test_the_sync_client_and_api_key_work_too(clients: Clients) -> None:
     def run() -> str:
         # SDK 2.x: api_key= goes out as Authorization: Bearer.
         with Anthropic(base_url=clients.url, api_key=clients.key) as client:
-            message = client.messages.create(model=SMALL, max_tokens=100, messages=MESSAGES)  # type: ignore[arg-type]
-        return message.content[0].text  # type: ignore[union-attr]
+            message = client.messages.create(model=SMALL, max_tokens=100, messages=MESSAGES)
+        return message.content[0].text
 
     assert (await asyncio.to_thread(run)).startswith("[sim1] You said:")
 
@@ -127,8 +127,8 @@ async def test_the_key_in_x_api_key(clients: Clients) -> None:
     async with AsyncAnthropic(
         base_url=clients.url, default_headers={"X-Api-Key": clients.key}, max_retries=0
     ) as client:
-        message = await client.messages.create(model=SMALL, max_tokens=100, messages=MESSAGES)  # type: ignore[arg-type]
-    assert message.content[0].text.startswith("[sim1] You said:")  # type: ignore[union-attr]
+        message = await client.messages.create(model=SMALL, max_tokens=100, messages=MESSAGES)
+    assert message.content[0].text.startswith("[sim1] You said:")
 
 
 @pytest.mark.parametrize("status", STATUSES)
@@ -139,13 +139,13 @@ async def test_refusals_raise_the_sdks_error_classes(clients: Clients, status: i
             await client.messages.create(
                 model=refusal.model,
                 max_tokens=100,
-                messages=MESSAGES,  # type: ignore[arg-type]
+                messages=MESSAGES,
             )
         with pytest.raises(error_class) as streamed:
             async with client.messages.stream(
                 model=refusal.model,
                 max_tokens=100,
-                messages=MESSAGES,  # type: ignore[arg-type]
+                messages=MESSAGES,
             ) as stream:
                 await stream.get_final_message()
     for error in (whole.value, streamed.value):

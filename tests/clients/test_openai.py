@@ -76,8 +76,8 @@ async def test_tool_calls_come_back_with_ids_and_json_arguments(clients: Clients
     async with client_for(clients) as client:
         completion = await client.chat.completions.create(
             model=SMALL,
-            messages=messages,  # type: ignore[arg-type]
-            tools=[TOOL],  # type: ignore[list-item]
+            messages=messages,
+            tools=[TOOL],
         )
     (choice,) = completion.choices
     assert choice.finish_reason == "tool_calls"
