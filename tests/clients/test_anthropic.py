@@ -121,7 +121,6 @@ async def test_the_sync_client_and_api_key_work_too(clients: Clients) -> None:
     assert (await asyncio.to_thread(run)).startswith("[sim1] You said:")
 
 
-@pytest.mark.xfail(strict=True, reason="X-Api-Key is accepted from issue 10 on")
 async def test_the_key_in_x_api_key(clients: Clients) -> None:
     # As SDK 1.x and Claude Code with ANTHROPIC_API_KEY send it.
     async with AsyncAnthropic(
