@@ -682,6 +682,52 @@ async def test_responses_and_messages_answer_in_their_shapes(sim, http):
     assert (status, json.loads(raw)["type"]) == (404, "error")
 
 
+async def test_messages_stream_thinking_text_and_tool_use_blocks_as_ollama_does(sim, http):
+    # anthropic.StreamConverter: a block opens with its first piece, a tool call is one
+    # whole tool_use block, and the stop reason says tool_use.
+    tool = {"name": "weather", "input_schema": {"type": "object"}}
+    call = {
+        "model": "gpt-oss:20b",
+        "max_tokens": 64,
+        "stream": True,
+        "tools": [tool],
+        "messages": [{"role": "user", "content": "call: Seoul"}],
+    }
+    events = [json.loads(f) for f in sse_data((await post(http, sim, "/v1/messages", call))[2])]
+    assert [e["type"] for e in events] == [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    block = events[1]["content_block"]
+    assert (block["type"], block["name"], block["input"]) == ("tool_use", "weather", {})
+    assert events[2]["delta"] == {"type": "input_json_delta", "partial_json": '{"query":"Seoul"}'}
+    assert events[4]["delta"] == {"stop_reason": "tool_use"}
+    whole = json.loads((await post(http, sim, "/v1/messages", call | {"stream": False}))[2])
+    assert whole["content"] == [
+        {"type": "tool_use", "id": block["id"], "name": "weather", "input": {"query": "Seoul"}}
+    ]
+
+    think = {
+        "model": "gpt-oss:20b",
+        "max_tokens": 64,
+        "stream": True,
+        "thinking": {"type": "enabled", "budget_tokens": 32},
+        "messages": [{"role": "user", "content": "yo"}],
+    }
+    events = [json.loads(f) for f in sse_data((await post(http, sim, "/v1/messages", think))[2])]
+    opened = [e for e in events if e["type"] == "content_block_start"]
+    starts = [(e["index"], e["content_block"]) for e in opened]
+    assert starts == [(0, {"type": "thinking", "thinking": ""}), (1, {"type": "text", "text": ""})]
+    stops = [e["index"] for e in events if e["type"] == "content_block_stop"]
+    assert stops == [0, 1]
+    kinds = {e["delta"]["type"] for e in events if e["type"] == "content_block_delta"}
+    assert kinds == {"thinking_delta", "text_delta"}
+
+
 # -- lifecycle, recording, command line --------------------------------------------------
 
 

@@ -1,9 +1,11 @@
 """The simulator's ``/v1/messages``: Anthropic's Messages API as Ollama's layer speaks it.
 
-Minimal but faithful in shape (``anthropic/anthropic.go``): one ``text`` content block; no
-thinking or ``tool_use`` blocks. Streamed: ``message_start``, ``content_block_start``, one
-``content_block_delta`` per token, ``content_block_stop``, ``message_delta`` (stop reason and
-usage), ``message_stop``. Errors come in Anthropic's shape, with a ``request_id``.
+Faithful in shape to ``anthropic/anthropic.go``: ``thinking`` (with ``thinking: {"type":
+"enabled"}``), ``text`` and ``tool_use`` content blocks (a ``call:`` prompt with ``tools``).
+Streamed: ``message_start``; per block ``content_block_start``, one ``content_block_delta``
+per token (a tool call's input in one ``input_json_delta``), ``content_block_stop``; then
+``message_delta`` (stop reason, usage) and ``message_stop``. Errors come in Anthropic's
+shape, with a ``request_id``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from olbproxy.simulator import answer as simulator_answer
-from olbproxy.simulator.answer import Reply, Timings, compose, words
+from olbproxy.simulator.answer import CONTENT, THINKING, TOOL, Reply, Timings, compose, words
 from olbproxy.simulator.native import message_words, said_in
 from olbproxy.simulator.openai import (
     chat_model,
@@ -26,7 +28,7 @@ from olbproxy.simulator.openai import (
     read_body,
     text_of,
 )
-from olbproxy.simulator.wire import JSON, SSE, Rejected, go_json, text
+from olbproxy.simulator.wire import JSON, SSE, Rejected, field, go_json, text
 
 if TYPE_CHECKING:
     from olbproxy.simulator.server import OllamaSimulator
@@ -54,7 +56,12 @@ def render_rejection(rejected: Rejected) -> web.Response:
 
 
 class MessagesEncoder:
-    """Anthropic Messages API: ``message_start`` … ``message_stop`` events, or one message."""
+    """Anthropic Messages API: ``message_start`` … ``message_stop`` events, or one message.
+
+    Streamed as Ollama's ``StreamConverter`` does: a block opens when its first piece
+    arrives (``thinking``, then ``text``) and closes when another kind begins; each tool
+    call is a whole ``tool_use`` block (start, one ``input_json_delta``, stop).
+    """
 
     content_type = SSE
 
@@ -62,18 +69,25 @@ class MessagesEncoder:
         self.model = model
         self.answer = answer
         self.id = f"msg_{os.urandom(12).hex()}"
-        self._delta = (
-            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
-            b'"delta":{"type":"text_delta","text":',
-            b"}}\n\n",
-        )
+        self._index = 0
+        self._open: int | None = None  # the kind (THINKING or CONTENT) of the open block
+        self._delta = {
+            kind: (
+                b'event: content_block_delta\ndata: {"type":"content_block_delta","index":',
+                b',"delta":{"type":"' + name + b'_delta","' + name + b'":',
+            )
+            for kind, name in ((THINKING, b"thinking"), (CONTENT, b"text"))
+        }
 
     @staticmethod
     def _event(kind: str, data: dict[str, Any]) -> bytes:
         return b"event: " + kind.encode() + b"\ndata: " + go_json(data) + b"\n\n"
 
     def _stop_reason(self) -> str:
-        return {"stop": "end_turn", "length": "max_tokens"}.get(self.answer.done_reason, "")
+        if self.answer.tool_call is not None:
+            return "tool_use"
+        reason = self.answer.done_reason
+        return {"stop": "end_turn", "length": "max_tokens"}.get(reason, reason and "stop_sequence")
 
     def _message(self, content: list[dict[str, Any]], metrics: Timings | None) -> dict[str, Any]:
         message: dict[str, Any] = {
@@ -90,27 +104,47 @@ class MessagesEncoder:
         message["usage"] = {"input_tokens": input_tokens, "output_tokens": output_tokens}
         return message
 
+    def _close(self) -> bytes:
+        if self._open is None:
+            return b""
+        self._open = None
+        self._index += 1
+        stop = {"type": "content_block_stop", "index": self._index - 1}
+        return self._event("content_block_stop", stop)
+
+    def _start(self, block: dict[str, Any]) -> bytes:
+        start = {"type": "content_block_start", "index": self._index, "content_block": block}
+        return self._event("content_block_start", start)
+
     def opening(self) -> bytes:
         return self._event(
             "message_start", {"type": "message_start", "message": self._message([], None)}
-        ) + self._event(
-            "content_block_start",
-            {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": {"type": "text", "text": ""},
-            },
         )
 
     def chunk(self, kind: int, token: bytes) -> bytes:
-        return self._delta[0] + token + self._delta[1]
+        call = self.answer.tool_call
+        if kind == TOOL and call is not None:
+            block = {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}
+            delta = {"type": "input_json_delta", "partial_json": go_json(call.arguments).decode()}
+            data = {"type": "content_block_delta", "index": self._index, "delta": delta}
+            opened = self._close() + self._start(block)
+            self._open = TOOL
+            return opened + self._event("content_block_delta", data) + self._close()
+        head = b""
+        if self._open != kind:
+            head = self._close()
+            name = "thinking" if kind == THINKING else "text"
+            head += self._start({"type": name, name: ""})
+            self._open = kind
+        prefix, middle = self._delta[kind]
+        return b"".join((head, prefix, b"%d" % self._index, middle, token, b"}}\n\n"))
 
     def closing(self, metrics: Timings) -> bytes:
         delta = {"stop_reason": self._stop_reason()} if self._stop_reason() else {}
         usage = {"input_tokens": metrics.prompt_eval_count, "output_tokens": metrics.eval_count}
         return b"".join(
             (
-                self._event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                self._close(),
                 self._event(
                     "message_delta", {"type": "message_delta", "delta": delta, "usage": usage}
                 ),
@@ -126,7 +160,17 @@ class MessagesEncoder:
         return anthropic_error(status, message)
 
     def whole(self, metrics: Timings) -> web.StreamResponse:
-        content = [{"type": "text", "text": self.answer.content}]
+        answer = self.answer
+        content: list[dict[str, Any]] = []
+        if answer.thinking:
+            content.append({"type": "thinking", "thinking": answer.thinking})
+        if answer.content:
+            content.append({"type": "text", "text": answer.content})
+        if answer.tool_call is not None:
+            call = answer.tool_call
+            content.append(
+                {"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}
+            )
         return encoded(self._message(content, metrics), JSON)
 
 
@@ -142,13 +186,17 @@ class Messages:
         messages = flat_messages(body.get("messages"))
         system = text_of(body.get("system"))
         name = text(body, "model", "MessagesRequest")
-        model = chat_model(self.sim, name, None)
+        thinking = body.get("thinking")
+        think = isinstance(thinking, dict) and thinking.get("type") == "enabled"
+        model = chat_model(self.sim, name, think)
         answer = compose(
             self.sim.name,
             said_in(messages),
             message_words(messages) + words(system),
             answer_tokens=self.sim.answer_tokens,
             options=max_tokens_option(body, "max_tokens"),
+            think=think if model.thinking else None,
+            tools=field(body, "tools", list, "MessagesRequest"),
         )
         return await simulator_answer.deliver(
             self.sim,
