@@ -17,13 +17,27 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
+from olbproxy.aliases import Aliases
 from olbproxy.auth.principal import principal_of
-from olbproxy.body import check_limits, is_load_request, model_of, read_json, wants_stream
+from olbproxy.body import (
+    BODY,
+    RAW,
+    check_limits,
+    form_field,
+    form_field_or,
+    is_load_request,
+    model_of,
+    read_bytes,
+    read_json,
+    wants_stream,
+)
+from olbproxy.cache import Bounded
 from olbproxy.catalog import Catalog
-from olbproxy.edge import MATCH, Route, route, upstream_path
+from olbproxy.edge import MATCH, PATH_SAFE, Route, route, upstream_path
 from olbproxy.errors import ProxyError, Unavailable, UpstreamError
 from olbproxy.exchange import EXCHANGE, Exchange, final_counters
 from olbproxy.pool import Backend, FixedPlacement, Group, Pool, RotatePlacement, SlotPlacement
@@ -85,6 +99,9 @@ class OllamaApi:
         self.router = router
         self.relay = relay
         self.catalog = catalog
+        self.aliases = Aliases(settings.aliases)
+        # /api/show answers by (group, User-Agent, body): (until, content type, bytes).
+        self._shown: Bounded[tuple[str, str, bytes], tuple[float, str, bytes]] = Bounded(512)
         # Called with every finished model exchange (metrics, persistence); must not block.
         self.observers: list[Observer] = []
         # Awaited before a model request is placed (e.g. room ownership: 403 before any
@@ -98,6 +115,8 @@ class OllamaApi:
             *route("/api/version", "GET", self.version),
             *route("/api/tags", "GET", self.tags),
             *route("/api/ps", "GET", self.ps),
+            *route("/api/status", "GET", self.status),
+            *route("/v1/audio/transcriptions", "POST", self.transcription),
             *route("/api/show", "POST", self.show),
             *route("/v1/models", "GET", self.openai_models),
             *route("/v1/models/{model:tail}", "GET", self.openai_model),
@@ -126,6 +145,20 @@ class OllamaApi:
     async def read(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
         return await read_json(request, self.settings.max_body_bytes, self.settings.body_timeout)
 
+    async def read_model(
+        self, request: web.Request, *, legacy_name: bool = False
+    ) -> tuple[bytes, dict[str, Any], str]:
+        """The body and the model it names; a body naming an alias is rewritten here, and
+        the rewritten body is the one every later step reads (aliases.py)."""
+        raw, data = await self.read(request)
+        model = model_of(data, legacy_name=legacy_name)
+        alias = self.aliases.get(model) if self.aliases else None
+        if alias is not None:
+            raw, data = self.aliases.rewrite(alias, data)
+            request[RAW], request[BODY] = raw, data
+            model = alias.model
+        return raw, data, model
+
     # -- answered by the proxy -------------------------------------------------------
 
     async def root(self, request: web.Request) -> web.StreamResponse:
@@ -139,13 +172,19 @@ class OllamaApi:
         return web.json_response({"version": version})
 
     async def tags(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(await self.catalog.tags(self._allowed(request)))
+        tags = await self.catalog.tags(self._allowed(request))
+        tags["models"] += self.aliases.listed(tags["models"])
+        return web.json_response(tags)
+
+    async def status(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(await self.catalog.status(self._allowed(request)))
 
     async def ps(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(await self.catalog.ps(self._allowed(request)))
 
     async def openai_models(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(await self.catalog.openai_models(self._allowed(request)))
+        models = await self.catalog.openai_models(self._allowed(request), self.aliases.listed)
+        return web.json_response(models)
 
     def _allowed(self, request: web.Request) -> Callable[[GroupSettings], bool]:
         groups = principal_of(request).groups
@@ -158,31 +197,51 @@ class OllamaApi:
         return self.pool.groups[settings.name]
 
     async def show(self, request: web.Request) -> web.StreamResponse:
-        raw, data = await self.read(request)
-        group = self.group_for(request, model_of(data, legacy_name=True))
-        return await self._rotate(request, group, raw)
+        raw, _data, model = await self.read_model(request, legacy_name=True)
+        group = self.group_for(request, model)
+        # Every instance of a group reads one model store, and editors ask on every
+        # keystroke (continue #8765): the same question within a few seconds gets the
+        # same answer. Ollama answers GitHub Copilot differently: the User-Agent is asked.
+        key = (group.name, request.headers.get("User-Agent", ""), raw)
+        cached = self._shown.get(key) if len(raw) <= 4096 else None
+        if cached is not None and cached[0] > time.monotonic():
+            return web.Response(body=cached[2], headers={"Content-Type": cached[1]})
+        exchange = Exchange(endpoint=request[MATCH].route.path, model=model, group=group.name)
+        response = await self._rotate(request, group, raw, exchange, upstream_path(request))
+        seconds = self.settings.show_cache_seconds
+        if exchange.status == 200 and exchange.outcome == "done" and seconds > 0:
+            content_type = response.headers.get("Content-Type", "application/json")
+            answer = b"".join(exchange.chunks)
+            self._shown.put(key, (time.monotonic() + seconds, content_type, answer))
+        return response
 
     async def openai_model(self, request: web.Request) -> web.StreamResponse:
-        group = self.group_for(request, request[MATCH].params["model"])
-        return await self._rotate(request, group, None)
+        model = self.aliases.target(request[MATCH].params["model"])
+        group = self.group_for(request, model)
+        exchange = Exchange(endpoint=request[MATCH].route.path, model=model, group=group.name)
+        path = quote(f"/v1/models/{model}", safe=PATH_SAFE)
+        return await self._rotate(request, group, None, exchange, path)
 
     async def _rotate(
-        self, request: web.Request, group: Group, raw: bytes | None
+        self,
+        request: web.Request,
+        group: Group,
+        raw: bytes | None,
+        exchange: Exchange,
+        path: str,
     ) -> web.StreamResponse:
-        exchange = Exchange(endpoint=request[MATCH].route.path, group=group.name)
         return await self.relay.forward(
             request,
             exchange,
             RotatePlacement(group),
-            path=upstream_path(request),
+            path=path,
             body=raw,
             deadlines=Deadlines(first_byte=group.settings.first_byte_timeout),
             attempts=group.settings.max_attempts,
         )
 
     async def model_request(self, request: web.Request) -> web.StreamResponse:
-        raw, data = await self.read(request)
-        model = model_of(data)
+        raw, data, model = await self.read_model(request)
         group = self.group_for(request, model)
         check_limits(data, group.settings)
         endpoint = request[MATCH].route.path
@@ -209,6 +268,40 @@ class OllamaApi:
         request[EXCHANGE] = exchange
         for check in self.preflight:
             await check(request, exchange)
+        return await self._serve(request, exchange, group, raw)
+
+    async def transcription(self, request: web.Request) -> web.StreamResponse:
+        """``/v1/audio/transcriptions``: a multipart form, routed by its ``model`` field,
+        within ``max_body_bytes``; a slot like any model request, never recorded."""
+        s = self.settings
+        raw = await read_bytes(request, s.max_body_bytes, s.body_timeout)
+        content_type = request.headers.get("Content-Type", "")
+        model = self.aliases.target(form_field(raw, content_type, "model"))
+        group = self.group_for(request, model)
+        stream = form_field_or(raw, content_type, "stream", "false").lower() == "true"
+        principal = principal_of(request)
+        exchange = Exchange(
+            endpoint=request[MATCH].route.path,
+            model=model,
+            group=group.name,
+            user=principal.id,
+            user_name=principal.name,
+            client=request.remote,
+            key_id=principal.key_id,
+            method=request.method,
+            bytes_in=len(raw),
+            stream=stream,
+            sse=stream,
+        )
+        request[EXCHANGE] = exchange
+        return await self._serve(request, exchange, group, raw)
+
+    async def _serve(
+        self, request: web.Request, exchange: Exchange, group: Group, raw: bytes
+    ) -> web.StreamResponse:
+        """A model request: a slot on one of the group's instances, then the answer."""
+        stream, principal = exchange.stream, principal_of(request)
+        model = exchange.model or ""
         gs = group.settings
         # Ollama sends nothing until a non-streamed answer is complete, so its first
         # byte comes at the end: such requests get the total timeout instead.

@@ -62,6 +62,14 @@ async def read_json(
     ``seconds``, 400 when it is not a JSON object Ollama would read the same way."""
     if BODY in request:
         return request[RAW], request[BODY]
+    raw = await read_bytes(request, limit, seconds)
+    data = parse_json(raw)
+    request[RAW], request[BODY] = raw, data
+    return raw, data
+
+
+async def read_bytes(request: web.Request, limit: int, seconds: float = 60.0) -> bytes:
+    """The whole body; 413 beyond ``limit``, 408 when slower than ``seconds``."""
     if request.content_length is not None and request.content_length > limit:
         raise too_large(request.content_length, limit)
     try:
@@ -74,9 +82,36 @@ async def read_json(
         raise too_large(None, limit) from None
     except TimeoutError:
         raise RequestTimeout(f"request body not received within {seconds:g}s") from None
-    data = parse_json(raw)
-    request[RAW], request[BODY] = raw, data
-    return raw, data
+    return raw
+
+
+def form_field(raw: bytes, content_type: str, name: str) -> str:
+    """A text field of a multipart/form-data body (``/v1/audio/transcriptions``'s
+    ``model``); 400 when the body is not such a form or lacks the field."""
+    kind, _, params = content_type.partition(";")
+    boundary = ""
+    for param in params.split(";"):
+        key, _, value = param.strip().partition("=")
+        if key.lower() == "boundary":
+            boundary = value.strip('"')
+    if kind.strip().lower() != "multipart/form-data" or not boundary:
+        raise BadRequest("expected a multipart/form-data body with a boundary")
+    wanted = f'name="{name}"'.encode()
+    for part in raw.split(b"--" + boundary.encode()):
+        head, _, content = part.partition(b"\r\n\r\n")
+        if wanted in head and b"filename=" not in head:
+            try:
+                return content.removesuffix(b"\r\n").decode("utf-8").strip()
+            except UnicodeDecodeError:
+                break
+    raise BadRequest(f"form field '{name}' is required")
+
+
+def form_field_or(raw: bytes, content_type: str, name: str, default: str) -> str:
+    try:
+        return form_field(raw, content_type, name)
+    except BadRequest:
+        return default
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from olbproxy.errors import Unavailable
 from olbproxy.pool import Backend, Pool
 from olbproxy.routing import Router, normalise_model
 from olbproxy.settings import GroupSettings
@@ -99,9 +100,23 @@ class Catalog:
         versions = [b.version for b in healthy if b.version]
         return min(versions, key=version_key) if versions else None
 
-    async def openai_models(self, allowed: Allowed) -> dict[str, Any]:
+    async def status(self, allowed: Allowed) -> dict[str, Any]:
+        """``/api/status``: cloud use is disabled if any instance says it is (the stricter
+        answer is the true one for a client that may land on any of them)."""
+        answers = await self._gather("/api/status", self._backends(allowed))
+        if not answers:
+            raise Unavailable("no instance answered /api/status")
+        clouds = [a["cloud"] for a in answers.values() if isinstance(a.get("cloud"), dict)]
+        disabled = [c for c in clouds if c.get("disabled")]
+        cloud = (disabled or clouds or [{"disabled": False, "source": "default"}])[0]
+        return {"cloud": {"disabled": bool(cloud.get("disabled")), "source": cloud.get("source")}}
+
+    async def openai_models(
+        self, allowed: Allowed, extra: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+    ) -> dict[str, Any]:
         tags = await self.tags(allowed)
-        data = [_openai_model(m) for m in tags["models"]]
+        models = tags["models"] + extra(tags["models"])
+        data = [_openai_model(m) for m in models]
         return {"object": "list", "data": data or None}
 
 

@@ -60,7 +60,7 @@ _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _SEPARATOR_ESCAPE = re.compile(r"%(2[Ff]|5[Cc])")
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 # What stays literal when the canonical path is percent-encoded again for the backend.
-_PATH_SAFE = "/:@!$&'()*+,;=~"
+PATH_SAFE = "/:@!$&'()*+,;=~"
 
 
 def canonical_path(target: str) -> str:
@@ -199,7 +199,7 @@ class RouteTable:
 
 def upstream_path(request: web.Request) -> str:
     """The canonical path, percent-encoded again: what a backend is asked for."""
-    return quote(request[MATCH].path, safe=_PATH_SAFE)
+    return quote(request[MATCH].path, safe=PATH_SAFE)
 
 
 class Edge:

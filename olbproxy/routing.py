@@ -27,6 +27,13 @@ def normalise_model(name: str) -> str:
     return name
 
 
+def is_cloud(model: str) -> bool:
+    """Ollama's cloud models (``name:cloud``, ``name:tag-cloud``): an instance forwards
+    them, prompt and all, to ollama.com."""
+    tag = normalise_model(model).rsplit(":", 1)[-1]
+    return tag == "cloud" or tag.endswith("-cloud")
+
+
 def _is_glob(pattern: str) -> bool:
     return not _GLOB_CHARS.isdisjoint(pattern)
 
@@ -58,6 +65,11 @@ class Router:
             raise ModelNotFound(model)
         if allowed is not None and group.name not in allowed:
             raise Forbidden(f"you may not use model '{model}' (group {group.name!r})")
+        if is_cloud(model) and not group.allow_cloud:
+            raise Forbidden(
+                f"model '{model}' runs on ollama.com, outside this network: this server does "
+                f"not send prompts there (a group may allow it: allow_cloud)"
+            )
         return group
 
     def group_for(self, model: str) -> GroupSettings | None:

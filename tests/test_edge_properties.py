@@ -110,6 +110,7 @@ FORWARDABLE = {
     "/api/tags",
     "/api/ps",
     "/api/version",
+    "/api/status",
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/embeddings",

@@ -24,6 +24,7 @@ Also here: the new input of a request, Open WebUI's background tasks, room title
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import unicodedata
@@ -186,6 +187,35 @@ def new_input(endpoint: str, body: Mapping[str, Any]) -> tuple[str, str]:
         last = messages[-1]
         return str(last.get("role") or "user").lower(), text_of(last.get("content"))
     return "user", ""
+
+
+def image_refs(endpoint: str, body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The images the new input carries, as references (digest and size): never the
+    base64 itself, which would make every turn with a photo megabytes of database."""
+    if endpoint == GENERATE:
+        images: Any = body.get("images")
+    else:
+        messages = body.get("messages")
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        if not isinstance(last, Mapping):
+            return []
+        images = list(last.get("images") or [])
+        content = last.get("content")
+        for part in content if isinstance(content, list) else ():
+            url = part.get("image_url") if isinstance(part, Mapping) else None
+            url = url.get("url") if isinstance(url, Mapping) else url
+            if isinstance(url, str) and url.startswith("data:"):
+                images.append(url.partition(",")[2])
+    refs = []
+    for image in images if isinstance(images, list) else ():
+        if not isinstance(image, str):
+            continue
+        try:
+            data = base64.b64decode(image, validate=False)
+        except ValueError:
+            data = image.encode()
+        refs.append({"digest": "sha256:" + hashlib.sha256(data).hexdigest(), "size": len(data)})
+    return refs
 
 
 def first_user_text(endpoint: str, body: Mapping[str, Any]) -> str:

@@ -25,6 +25,7 @@ from olbproxy.persistence.history import (
     context_hash,
     first_user_text,
     history,
+    image_refs,
     merge_tool_calls,
     new_input,
     task_of,
@@ -66,6 +67,7 @@ class Record:
     task: str | None = None
     input: str | None = None
     input_role: str | None = None
+    input_images: list[dict[str, Any]] = field(default_factory=list)  # digest and size
     answer: AnswerText | None = None
     counters: dict[str, Any] = field(default_factory=dict)
     done_reason: str | None = None
@@ -126,6 +128,7 @@ class Record:
             backend=self.backend,
             input=self.input,
             input_role=self.input_role,
+            input_images=self.input_images,
             answer=self.answer,
             counters=self.counters,
             done_reason=self.done_reason,
@@ -228,6 +231,7 @@ def record_of(exchange: Exchange, *, store_content: bool) -> Record:
         task=task,
         input=text if store_content else None,
         input_role=role,
+        input_images=image_refs(endpoint, body) if store_content else [],
         answer=stored_answer,
         counters=answer.counters
         or {k: v for k, v in exchange.counters.items() if k != "done_reason"},

@@ -79,6 +79,7 @@ def message_json(message: Message) -> dict[str, Any]:
         "backend": message.backend,
         "input": message.input,
         "input_role": message.input_role,
+        "input_images": message.input_images,
         "answer": message.answer,
         "counters": message.counters or {},
         "done_reason": message.done_reason,

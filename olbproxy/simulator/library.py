@@ -118,6 +118,10 @@ class Library:
     async def version(self, request: web.Request) -> web.StreamResponse:
         return reply({"version": self.sim.version})
 
+    async def status(self, request: web.Request) -> web.StreamResponse:
+        disabled = self.sim.cloud_disabled
+        return reply({"cloud": {"disabled": disabled, "source": "env" if disabled else "none"}})
+
     def listed(self) -> list[SimulatedModel]:
         """Models newest first, as /api/tags orders them."""
         sim = self.sim
@@ -354,6 +358,7 @@ def routes(sim: OllamaSimulator) -> list[tuple[str, str, Handler]]:
         ("GET", "/api/tags", library.tags),
         ("HEAD", "/api/tags", library.tags),
         ("GET", "/api/ps", library.ps),
+        ("GET", "/api/status", library.status),
         ("POST", "/api/show", library.show),
         ("POST", "/api/pull", library.pull),
         ("POST", "/api/push", library.push),

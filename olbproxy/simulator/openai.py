@@ -10,6 +10,8 @@ simulator produces that shape directly from an :class:`Reply`. Streams are SSE f
 
 from __future__ import annotations
 
+import email
+import email.policy
 import random
 import time
 from collections.abc import Callable
@@ -436,6 +438,26 @@ class Compatibility:
         data = [self._model_entry(m, m.name) for m in listed] or None
         return encoded({"object": "list", "data": data}, JSON)
 
+    async def transcriptions(self, request: web.Request) -> web.StreamResponse:
+        """``/v1/audio/transcriptions``: a multipart form with ``model`` and ``file``."""
+        # The body was read already (the simulator records it): parse it from the bytes.
+        head = f"Content-Type: {request.headers.get('Content-Type', '')}\r\n\r\n".encode()
+        form = email.message_from_bytes(head + await request.read(), policy=email.policy.HTTP)
+        fields: dict[str, bytes] = {}
+        for part in form.iter_parts() if form.is_multipart() else ():
+            name = part.get_param("name", header="content-disposition")
+            payload = part.get_payload(decode=True)
+            if isinstance(name, str) and isinstance(payload, bytes):
+                fields[name] = payload
+        shown = fields.get("model", b"").decode(errors="replace").strip()
+        model = self.sim.resolve(shown)
+        if model is None:
+            raise Rejected(404, f"model '{canonical_name(shown)}' not found")
+        size = len(fields.get("file", b""))
+        with self.sim.model_call():
+            text = f"[{self.sim.name}] heard {size} bytes"
+        return encoded({"text": text}, JSON)
+
     async def model(self, request: web.Request) -> web.StreamResponse:
         shown = request.match_info["model"]
         model = self.sim.resolve(shown)
@@ -452,4 +474,5 @@ def routes(sim: OllamaSimulator) -> list[tuple[str, str, Handler]]:
         ("POST", "/v1/embeddings", compat.embeddings),
         ("GET", "/v1/models", compat.models),
         ("GET", "/v1/models/{model}", compat.model),
+        ("POST", "/v1/audio/transcriptions", compat.transcriptions),
     ]

@@ -151,6 +151,7 @@ class OllamaSimulator:
         self.cold_load_delay = cold_load_delay
         self.answer_tokens = answer_tokens
         self.version = version
+        self.cloud_disabled = False  # what /api/status reports (OLLAMA_NO_CLOUD)
         self.enforce_host = enforce_host
         self.record_requests = True
         self.faults = Faults()

@@ -130,6 +130,8 @@ class Message:
     backend: str | None = None
     input: str | None = None  # None when store.store_content is false
     input_role: str | None = None
+    # Images of the input as references ({"digest", "size"}), never their bytes.
+    input_images: list[dict[str, Any]] = field(default_factory=list)
     answer: AnswerText | None = None  # None when store.store_content is false
     counters: dict[str, Any] | None = None
     done_reason: str | None = None
