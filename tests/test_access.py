@@ -7,7 +7,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -56,10 +56,12 @@ class Captured:
 PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 
 
+# Starts a site whose log is captured: started(log_format="text", **auth).
+Started = Callable[..., Awaitable[tuple[Site, Captured]]]
+
+
 @pytest.fixture
-async def started(
-    start_sims: StartSims, start_proxy: StartProxy
-) -> AsyncIterator[Callable[..., Any]]:
+async def started(start_sims: StartSims, start_proxy: StartProxy) -> AsyncIterator[Started]:
     captured: list[Captured] = []
 
     async def start(log_format: LogFormat = "text", **auth: Any) -> tuple[Site, Captured]:
@@ -90,7 +92,7 @@ async def chat_with_key(site: Site, body: dict[str, Any]) -> tuple[str, str]:
 
 
 async def test_an_exchange_is_one_text_line_with_who_what_where_and_how_long(
-    started: Callable[..., Any],
+    started: Started,
 ) -> None:
     site, log = await started("text")
     key_id, key = await chat_with_key(site, STREAM)
@@ -110,7 +112,7 @@ async def test_an_exchange_is_one_text_line_with_who_what_where_and_how_long(
     assert key not in "\n".join(log.lines())  # the key itself is never logged
 
 
-async def test_an_exchange_is_one_json_object_per_line(started: Callable[..., Any]) -> None:
+async def test_an_exchange_is_one_json_object_per_line(started: Started) -> None:
     site, log = await started("json")
     key_id, _ = await chat_with_key(site, CHAT)
     objects = [json.loads(line) for line in log.lines()]  # every line is JSON, not only access
@@ -124,7 +126,7 @@ async def test_an_exchange_is_one_json_object_per_line(started: Callable[..., An
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
 async def test_refusals_are_logged_once_each_with_their_reason(
-    started: Callable[..., Any], log_format: LogFormat
+    started: Started, log_format: LogFormat
 ) -> None:
     site, log = await started(log_format)
     await site.accounts.add_user("kim", PASSWORD, groups=frozenset({"20b"}))
@@ -155,7 +157,7 @@ async def test_refusals_are_logged_once_each_with_their_reason(
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
 async def test_logins_are_logged_without_their_passwords(
-    started: Callable[..., Any], log_format: LogFormat
+    started: Started, log_format: LogFormat
 ) -> None:
     site, log = await started(log_format, login_attempts=2)
     await site.accounts.add_user("kim", PASSWORD)
@@ -191,7 +193,7 @@ async def test_logins_are_logged_without_their_passwords(
 
 
 async def test_a_sign_up_refused_before_its_body_is_read_is_still_a_sign_up(
-    started: Callable[..., Any],
+    started: Started,
 ) -> None:
     site, log = await started("text", registration="closed")
     signup = {"username": "eve", "password": "a-new-password"}
@@ -202,7 +204,7 @@ async def test_a_sign_up_refused_before_its_body_is_read_is_still_a_sign_up(
 
 
 async def test_basic_auth_with_a_password_gets_a_hint_to_use_a_key(
-    started: Callable[..., Any],
+    started: Started,
 ) -> None:
     site, log = await started("text")
     await site.accounts.add_user("kim", PASSWORD)

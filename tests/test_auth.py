@@ -224,13 +224,12 @@ async def test_verified_credentials_cost_no_database_round_trip(site: Site) -> N
         lookups += 1
         return await real_key(key_id)
 
-    users.get, keys.get = counted_get, counted_key  # type: ignore[method-assign]
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(users, "get", counted_get)
+        patch.setattr(keys, "get", counted_key)
         for _ in range(20):
             for credential in (token, key):
                 assert (await call(site, "GET", "/api/tags", headers=bearer(credential)))[0] == 200
-    finally:
-        users.get, keys.get = real_get, real_key  # type: ignore[method-assign]
     assert lookups == 0
 
 

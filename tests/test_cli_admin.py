@@ -57,7 +57,9 @@ async def site(start_sims: StartSims, start_proxy: StartProxy, mongo_uri: str) -
 class Cli:
     """Runs `olbproxy ...` in a thread (it runs its own event loop), feeding stdin."""
 
-    def __init__(self, cfg: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    def __init__(
+        self, cfg: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
         self.cfg, self.monkeypatch, self.capsys = cfg, monkeypatch, capsys
 
     async def __call__(self, *argv: str, stdin: str = "") -> tuple[int, str, str]:
@@ -68,7 +70,7 @@ class Cli:
 
 
 @pytest.fixture
-def cli(cfg: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> Cli:
+def cli(cfg: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
     return Cli(cfg, monkeypatch, capsys)
 
 
@@ -251,7 +253,7 @@ async def test_seed_users_in_the_stores_own_collection_are_adopted_in_place(
 
 
 def test_serve_refuses_to_start_without_a_strong_secret(
-    cfg: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+    cfg: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("JWT_SECRET")
     assert main(["serve", "--config", str(cfg)]) == 2
@@ -271,7 +273,7 @@ def test_serve_refuses_to_start_without_a_strong_secret(
 
 
 def test_admin_commands_need_a_database_not_the_memory_store(
-    cfg: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+    cfg: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg.write_text("store:\n  backend: memory\n", encoding="utf-8")
     assert main(["user", "list", "--config", str(cfg)]) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import aiohttp
 from conftest import StartProxy, StartSims, group, make_settings, until
@@ -15,7 +16,7 @@ CHAT = {"model": "gpt-oss:20b", "messages": [{"role": "user", "content": "hi"}]}
 
 async def chat(
     http: aiohttp.ClientSession, url: str, **extra: object
-) -> tuple[int, list[dict[str, object]]]:
+) -> tuple[int, list[dict[str, Any]]]:
     async with http.post(url + "/api/chat", json={**CHAT, **extra}) as resp:
         body = await resp.read()
         if resp.content_type == "application/x-ndjson":
@@ -47,7 +48,7 @@ async def test_a_busy_503_moves_the_request_to_the_next_backend(
     for _ in range(3):
         status, lines = await chat(proxy.http, proxy.url)
         assert status == 200
-        assert str(lines[0]["message"]["content"]).startswith("[sim2]")  # type: ignore[index]
+        assert str(lines[0]["message"]["content"]).startswith("[sim2]")
 
 
 async def test_every_backend_busy_gives_503_with_retry_after(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+from typing import Any
 
 import pytest
 
@@ -16,9 +17,9 @@ from olbproxy.store.memory import MemoryStore
 _ids = itertools.count(1)
 
 
-def record(user: str = "u1", **kw: object) -> Record:
+def record(user: str = "u1", **kw: Any) -> Record:
     n = next(_ids)
-    values: dict[str, object] = {
+    values: dict[str, Any] = {
         "id": f"{n:032x}",
         "kind": "turn",
         "endpoint": "/api/chat",
@@ -33,7 +34,7 @@ def record(user: str = "u1", **kw: object) -> Record:
         "full_hash": f"full-{n}",
         **kw,
     }
-    return Record(**values)  # type: ignore[arg-type]
+    return Record(**values)
 
 
 async def write(filing: Filing, *records: Record, replay: bool = False) -> None:

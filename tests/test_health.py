@@ -72,7 +72,9 @@ async def test_failures_take_it_out_after_the_threshold_and_an_answer_brings_it_
     await probed.health.probe(backend)
     assert backend.healthy  # one failure is not enough
     await probed.health.probe(backend)
-    assert not backend.healthy and probed.changed == [backend]
+    # Read as a plain bool: mypy keeps `backend.healthy` narrowed to True across the probe.
+    healthy: bool = backend.healthy
+    assert not healthy and probed.changed == [backend]
     await probed.health.probe(backend)
     assert backend.healthy and backend.failures == 0 and backend.version == "0.13.0"
     assert probed.changed == [backend, backend]
@@ -93,4 +95,5 @@ async def test_timeouts_count_toward_the_threshold(probed: Probed) -> None:
         await probed.health.probe(probed.backend)
         assert probed.backend.healthy
         await probed.health.probe(probed.backend)
-    assert not probed.backend.healthy and "no answer in time" in str(probed.backend.last_error)
+    healthy: bool = probed.backend.healthy  # as above: the probe changed it
+    assert not healthy and "no answer in time" in str(probed.backend.last_error)

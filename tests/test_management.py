@@ -6,9 +6,11 @@ import json
 
 from conftest import StartProxy, StartSims, group, make_settings
 
+from olbproxy.simulator import OllamaSimulator
 
-def pulls(sim: object) -> int:
-    return sum(1 for r in sim.requests if r.path == "/api/pull")  # type: ignore[attr-defined]
+
+def pulls(sim: OllamaSimulator) -> int:
+    return sum(1 for r in sim.requests if r.path == "/api/pull")
 
 
 async def test_separate_model_stores_get_the_pull_each_with_progress(

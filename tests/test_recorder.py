@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -52,8 +52,11 @@ async def settled(proxy: Proxy, within: float = 10.0) -> None:
     await until(lambda: recorder.idle, within=within)
 
 
+Reader = Callable[[str], Awaitable[Store]]
+
+
 @pytest.fixture
-async def reader(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+async def reader(request: pytest.FixtureRequest) -> AsyncIterator[Reader]:
     """Opens a store of its own on a URI, to read what the proxy wrote."""
     opened: list[Store] = []
 
@@ -92,7 +95,7 @@ class Conversation:
 
 
 async def test_a_multi_turn_chat_through_the_ollama_client_is_one_room(
-    start_sims: StartSims, start_proxy: StartProxy, mongo_uri: str, tmp_path: Path, reader: Any
+    start_sims: StartSims, start_proxy: StartProxy, mongo_uri: str, tmp_path: Path, reader: Reader
 ) -> None:
     sims = await start_sims(1, tokens_per_second=0)
     proxy = await start(start_proxy, persisted(sims, mongo_uri, tmp_path / "spool"))
@@ -131,7 +134,7 @@ async def test_a_multi_turn_chat_through_the_ollama_client_is_one_room(
 
 
 async def test_tool_calls_are_recorded_and_the_tool_result_continues_the_room(
-    start_sims: StartSims, start_proxy: StartProxy, mongo_uri: str, tmp_path: Path, reader: Any
+    start_sims: StartSims, start_proxy: StartProxy, mongo_uri: str, tmp_path: Path, reader: Reader
 ) -> None:
     sims = await start_sims(1, tokens_per_second=0)
     proxy = await start(start_proxy, persisted(sims, mongo_uri, tmp_path / "spool"))
@@ -163,7 +166,7 @@ async def test_tool_calls_are_recorded_and_the_tool_result_continues_the_room(
 
 
 async def test_a_streamed_openai_chat_is_assembled_from_its_sse_frames(
-    start_sims: StartSims, start_proxy: StartProxy, mongo_uri: str, tmp_path: Path, reader: Any
+    start_sims: StartSims, start_proxy: StartProxy, mongo_uri: str, tmp_path: Path, reader: Reader
 ) -> None:
     sims = await start_sims(1, tokens_per_second=0)
     proxy = await start(start_proxy, persisted(sims, mongo_uri, tmp_path / "spool"))
@@ -193,7 +196,7 @@ async def test_a_streamed_openai_chat_is_assembled_from_its_sse_frames(
 
 
 async def test_generate_threads_on_the_context_it_sends_back(
-    start_sims: StartSims, start_proxy: StartProxy, mongo_uri: str, tmp_path: Path, reader: Any
+    start_sims: StartSims, start_proxy: StartProxy, mongo_uri: str, tmp_path: Path, reader: Reader
 ) -> None:
     sims = await start_sims(1, tokens_per_second=0)
     proxy = await start(start_proxy, persisted(sims, mongo_uri, tmp_path / "spool"))
@@ -214,7 +217,7 @@ async def test_generate_threads_on_the_context_it_sends_back(
 
 
 async def test_a_cancelled_stream_is_stored_as_cancelled_with_its_partial_answer(
-    start_sims: StartSims, start_proxy: StartProxy, mongo_uri: str, tmp_path: Path, reader: Any
+    start_sims: StartSims, start_proxy: StartProxy, mongo_uri: str, tmp_path: Path, reader: Reader
 ) -> None:
     (sim,) = await start_sims(1, tokens_per_second=50, answer_tokens=200)
     proxy = await start(start_proxy, persisted([sim], mongo_uri, tmp_path / "spool"))
@@ -235,7 +238,7 @@ async def test_a_cancelled_stream_is_stored_as_cancelled_with_its_partial_answer
 
 
 async def test_without_content_only_metadata_is_kept_and_threads_still_work(
-    start_sims: StartSims, start_proxy: StartProxy, mongo_uri: str, tmp_path: Path, reader: Any
+    start_sims: StartSims, start_proxy: StartProxy, mongo_uri: str, tmp_path: Path, reader: Reader
 ) -> None:
     sims = await start_sims(1, tokens_per_second=0)
     settings = persisted(sims, mongo_uri, tmp_path / "spool", store_content=False)
@@ -252,7 +255,7 @@ async def test_without_content_only_metadata_is_kept_and_threads_still_work(
 
 
 async def test_a_full_queue_sends_records_to_the_spool_and_they_still_arrive(
-    start_sims: StartSims, start_proxy: StartProxy, mongo_uri: str, tmp_path: Path, reader: Any
+    start_sims: StartSims, start_proxy: StartProxy, mongo_uri: str, tmp_path: Path, reader: Reader
 ) -> None:
     sims = await start_sims(1, tokens_per_second=0)
     settings = persisted(sims, mongo_uri, tmp_path / "spool", queue_size=0)
@@ -270,7 +273,7 @@ async def test_a_full_queue_sends_records_to_the_spool_and_they_still_arrive(
 
 
 async def test_records_still_queued_at_shutdown_are_written_before_the_store_closes(
-    start_sims: StartSims, start_proxy: StartProxy, mongo_uri: str, tmp_path: Path, reader: Any
+    start_sims: StartSims, start_proxy: StartProxy, mongo_uri: str, tmp_path: Path, reader: Reader
 ) -> None:
     sims = await start_sims(1, tokens_per_second=0)
     proxy = await start(start_proxy, persisted(sims, mongo_uri, tmp_path / "spool"))
@@ -290,7 +293,7 @@ async def test_conversations_go_on_while_mongodb_is_down_and_all_land_exactly_on
     start_proxy: StartProxy,
     own_mongo: MongoServer,
     tmp_path: Path,
-    reader: Any,
+    reader: Reader,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="olbproxy.persistence.recorder")
@@ -356,7 +359,7 @@ async def test_a_spool_left_by_a_stopped_proxy_is_replayed_by_the_next_one(
     start_proxy: StartProxy,
     own_mongo: MongoServer,
     tmp_path: Path,
-    reader: Any,
+    reader: Reader,
 ) -> None:
     sims = await start_sims(1, tokens_per_second=0)
     uri = own_mongo.uri.replace("/?", "/restart?")
@@ -415,7 +418,7 @@ def spool_line(text: str, started: float) -> bytes:
 
 
 async def test_a_crash_shaped_spool_replays_its_complete_lines(
-    start_sims: StartSims, start_proxy: StartProxy, mongo_uri: str, tmp_path: Path, reader: Any
+    start_sims: StartSims, start_proxy: StartProxy, mongo_uri: str, tmp_path: Path, reader: Reader
 ) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()

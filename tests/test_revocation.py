@@ -3,11 +3,14 @@ that refreshes users and keys survives an unexpected error."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import pytest
 from conftest import StartProxy, StartSims, until
 from identity import PASSWORD, Site, bearer, start_site
 
 from olbproxy.app import SUPERVISOR
+from olbproxy.store import User
 
 CHAT = {"model": "gpt-oss:20b", "messages": [{"role": "user", "content": "hi"}], "stream": False}
 
@@ -53,12 +56,12 @@ async def test_the_identity_refresh_survives_an_unexpected_error(
     real = users.get_many
     failures = 0
 
-    async def flaky(ids: object) -> object:
+    async def flaky(ids: Collection[str]) -> list[User]:
         nonlocal failures
         if failures == 0:
             failures += 1
             raise RuntimeError("a bug in the refresh")
-        return await real(ids)  # type: ignore[arg-type]
+        return await real(ids)
 
     monkeypatch.setattr(users, "get_many", flaky)
     await until(lambda: failures == 1)

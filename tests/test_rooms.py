@@ -41,7 +41,7 @@ async def call(
 
 
 async def chat(
-    site: Site, token: str, text: str, history: list[Any] | None = None, **h: str
+    site: Site, token: str, text: str, history: list[Any] | None = None, /, **h: str
 ) -> tuple[int, list[Any]]:
     messages = [*(history or []), {"role": "user", "content": text}]
     body = {"model": MODEL, "messages": messages, "stream": False}

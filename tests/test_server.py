@@ -8,7 +8,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -43,8 +43,12 @@ class Served:
         self.url = url
 
 
+# Starts `olbproxy serve` with a config file and the port it listens on.
+Serve = Callable[[Path, int], Awaitable[Served]]
+
+
 @pytest.fixture
-async def serve(tmp_path: Path) -> AsyncIterator[object]:
+async def serve(tmp_path: Path) -> AsyncIterator[Serve]:
     started: list[asyncio.subprocess.Process] = []
 
     async def start(config: Path, port: int) -> Served:
@@ -83,13 +87,13 @@ async def read_stream(http: aiohttp.ClientSession, url: str) -> list[dict[str, o
 
 
 async def test_sigterm_lets_50_active_streams_finish_and_exits_zero(
-    start_sims: StartSims, serve: object, tmp_path: Path
+    start_sims: StartSims, serve: Serve, tmp_path: Path
 ) -> None:
     sims = await start_sims(2, tokens_per_second=20, answer_tokens=30)  # 1.5 s answers
     port = free_port()
     config = tmp_path / "olbproxy.yaml"
     write_config(config, port, [s.url for s in sims], slots=25)
-    served: Served = await serve(config, port)  # type: ignore[operator]
+    served: Served = await serve(config, port)
     async with aiohttp.ClientSession() as http:
         streams = [asyncio.create_task(read_stream(http, served.url)) for _ in range(50)]
         await sims[0].wait_until(lambda: sum(s.stats.active for s in sims) == 50, timeout=10)
@@ -104,13 +108,13 @@ async def test_sigterm_lets_50_active_streams_finish_and_exits_zero(
 
 
 async def test_sighup_reloads_routing_without_dropping_streams(
-    start_sims: StartSims, serve: object, tmp_path: Path
+    start_sims: StartSims, serve: Serve, tmp_path: Path
 ) -> None:
     old, new = await start_sims(2, tokens_per_second=20, answer_tokens=30)
     port = free_port()
     config = tmp_path / "olbproxy.yaml"
     write_config(config, port, [old.url])
-    served: Served = await serve(config, port)  # type: ignore[operator]
+    served: Served = await serve(config, port)
     async with aiohttp.ClientSession() as http:
         running = asyncio.create_task(read_stream(http, served.url))
         await old.wait_until(lambda: old.stats.active == 1)
@@ -119,7 +123,7 @@ async def test_sighup_reloads_routing_without_dropping_streams(
         # Poll until the new table routes new requests to the new backend.
         for _ in range(100):
             lines = await read_stream(http, served.url)
-            if str(lines[0]["message"]).find("[sim2]") >= 0:  # type: ignore[index]
+            if str(lines[0]["message"]).find("[sim2]") >= 0:
                 break
         else:
             pytest.fail("the reloaded routing table never took effect")
@@ -212,7 +216,7 @@ async def test_demo_on_a_taken_port_says_so_in_one_line_and_exits_1() -> None:
 
 
 async def test_a_spool_held_by_another_proxy_is_one_line_and_exit_1(
-    tmp_path: Path, serve: object, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, serve: Serve, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "spool").mkdir()
     configs = []
@@ -228,7 +232,7 @@ async def test_a_spool_held_by_another_proxy_is_one_line_and_exit_1(
         configs.append((config, port))
     # MongoDB does not answer (nothing listens on port 1): the spool is what matters.
     monkeypatch.setenv("MONGODB_URI", "mongodb://127.0.0.1:1/olb?directConnection=true")
-    await serve(*configs[0])  # type: ignore[operator]
+    await serve(*configs[0])
     code, err = await run_cli("serve", "--config", str(configs[1][0]))
     assert code == 1
     assert err.splitlines()[-1] == (

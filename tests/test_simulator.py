@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
@@ -45,7 +46,7 @@ async def client(sim: OllamaSimulator) -> AsyncIterator[ollama.AsyncClient]:
         yield async_client
 
 
-def lines_of(body: bytes) -> list[dict[str, object]]:
+def lines_of(body: bytes) -> list[dict[str, Any]]:
     assert body.endswith(b"\n")
     parts = body.split(b"\n")[:-1]
     assert all(parts), "NDJSON must not contain blank lines"
@@ -63,7 +64,9 @@ async def collect(stream: AsyncIterator[ollama.GenerateResponse], into: list[str
         into.append(chunk.response or "")
 
 
-async def post(http: aiohttp.ClientSession, sim: OllamaSimulator, path: str, body: object):
+async def post(
+    http: aiohttp.ClientSession, sim: OllamaSimulator, path: str, body: object
+) -> tuple[int, str | None, bytes]:
     async with http.post(sim.url + path, json=body) as response:
         return response.status, response.headers.get("Content-Type"), await response.read()
 
@@ -71,7 +74,9 @@ async def post(http: aiohttp.ClientSession, sim: OllamaSimulator, path: str, bod
 # -- plain routes, gin texts, Host check -------------------------------------------------
 
 
-async def test_root_says_ollama_is_running_without_newline(sim, http):
+async def test_root_says_ollama_is_running_without_newline(
+    sim: OllamaSimulator, http: aiohttp.ClientSession
+) -> None:
     async with http.get(sim.url + "/") as response:
         assert response.status == 200
         assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
@@ -81,7 +86,9 @@ async def test_root_says_ollama_is_running_without_newline(sim, http):
         assert await response.read() == b""
 
 
-async def test_unknown_path_and_wrong_method_get_gin_texts(sim, http):
+async def test_unknown_path_and_wrong_method_get_gin_texts(
+    sim: OllamaSimulator, http: aiohttp.ClientSession
+) -> None:
     async with http.get(sim.url + "/api/nope") as response:
         assert (response.status, response.headers["Content-Type"]) == (404, "text/plain")
         assert await response.read() == b"404 page not found"
@@ -92,7 +99,9 @@ async def test_unknown_path_and_wrong_method_get_gin_texts(sim, http):
         assert response.status == 405
 
 
-async def test_foreign_host_header_gets_403_with_empty_body(sim, http):
+async def test_foreign_host_header_gets_403_with_empty_body(
+    sim: OllamaSimulator, http: aiohttp.ClientSession
+) -> None:
     async with http.get(sim.url + "/api/tags", headers={"Host": "example.com"}) as response:
         assert response.status == 403
         assert await response.read() == b""
@@ -121,7 +130,7 @@ async def test_foreign_host_header_gets_403_with_empty_body(sim, http):
         ("8.8.8.8:11434", False),
     ],
 )
-def test_host_check_matches_ollama_on_loopback(host, allowed):
+def test_host_check_matches_ollama_on_loopback(host: str, allowed: bool) -> None:
     assert allowed_host(host) is allowed
 
 
@@ -140,16 +149,20 @@ def test_host_check_matches_ollama_on_loopback(host, allowed):
         (-1, FOREVER),
     ],
 )
-def test_keep_alive_reads_go_durations_and_seconds(value, seconds):
+def test_keep_alive_reads_go_durations_and_seconds(
+    value: str | float | None, seconds: float | None
+) -> None:
     assert keep_alive_seconds(value) == seconds
 
 
-def test_keep_alive_rejects_what_go_rejects():
+def test_keep_alive_rejects_what_go_rejects() -> None:
     with pytest.raises(Rejected, match='time: invalid duration "soon"'):
         keep_alive_seconds("soon")
 
 
-async def test_version_and_tags_have_ollama_shapes(sim, http):
+async def test_version_and_tags_have_ollama_shapes(
+    sim: OllamaSimulator, http: aiohttp.ClientSession
+) -> None:
     sim.version = "0.12.7"
     async with http.get(sim.url + "/api/version") as response:
         assert response.headers["Content-Type"] == "application/json; charset=utf-8"
@@ -182,7 +195,9 @@ async def test_version_and_tags_have_ollama_shapes(sim, http):
 # -- chat and generate: bytes on the wire ----------------------------------------------
 
 
-async def test_streamed_chat_is_exact_ndjson_in_go_field_order(sim, http):
+async def test_streamed_chat_is_exact_ndjson_in_go_field_order(
+    sim: OllamaSimulator, http: aiohttp.ClientSession
+) -> None:
     body = {"model": "gpt-oss:20b", "messages": [{"role": "user", "content": "hello there"}]}
     status, content_type, raw = await post(http, sim, "/api/chat", body)
     assert (status, content_type) == (200, "application/x-ndjson")
@@ -214,7 +229,9 @@ async def test_streamed_chat_is_exact_ndjson_in_go_field_order(sim, http):
     assert (last["eval_count"], last["prompt_eval_count"]) == (6, 2)
 
 
-async def test_go_escapes_html_characters(sim, http):
+async def test_go_escapes_html_characters(
+    sim: OllamaSimulator, http: aiohttp.ClientSession
+) -> None:
     body = {"model": "gpt-oss:20b", "prompt": "<b>&", "stream": False}
     status, content_type, raw = await post(http, sim, "/api/generate", body)
     assert (status, content_type) == (200, "application/json; charset=utf-8")
@@ -223,7 +240,9 @@ async def test_go_escapes_html_characters(sim, http):
     assert not raw.endswith(b"\n")
 
 
-async def test_generate_final_chunk_carries_context_unless_raw(sim, http):
+async def test_generate_final_chunk_carries_context_unless_raw(
+    sim: OllamaSimulator, http: aiohttp.ClientSession
+) -> None:
     body = {"model": "gpt-oss:20b", "prompt": "hi"}
     final = lines_of((await post(http, sim, "/api/generate", body))[2])[-1]
     assert list(final)[:6] == ["model", "created_at", "response", "done", "done_reason", "context"]
@@ -232,7 +251,9 @@ async def test_generate_final_chunk_carries_context_unless_raw(sim, http):
     assert "context" not in raw_final
 
 
-async def test_headers_wait_for_the_first_token_and_tokens_are_paced(sim, http):
+async def test_headers_wait_for_the_first_token_and_tokens_are_paced(
+    sim: OllamaSimulator, http: aiohttp.ClientSession
+) -> None:
     sim.first_token_delay = 0.25
     sim.tokens_per_second = 40
     sim.answer_tokens = 4
@@ -250,13 +271,17 @@ async def test_headers_wait_for_the_first_token_and_tokens_are_paced(sim, http):
     assert final["prompt_eval_duration"] >= 0.24e9
 
 
-async def test_num_predict_cuts_the_answer_with_done_reason_length(sim, client):
+async def test_num_predict_cuts_the_answer_with_done_reason_length(
+    sim: OllamaSimulator, client: ollama.AsyncClient
+) -> None:
     answer = await client.generate(model="gpt-oss:20b", prompt="hi", options={"num_predict": 2})
     assert answer.response == "[sim] You "
     assert (answer.done_reason, answer.eval_count) == ("length", 2)
 
 
-async def test_think_streams_three_thinking_chunks_first(sim, client):
+async def test_think_streams_three_thinking_chunks_first(
+    sim: OllamaSimulator, client: ollama.AsyncClient
+) -> None:
     chunks = [
         chunk
         async for chunk in await client.chat(
@@ -270,10 +295,12 @@ async def test_think_streams_three_thinking_chunks_first(sim, client):
     assert chunks[3].message.content == "[sim] "
     whole = await client.generate(model="gpt-oss:20b", prompt="q", think="low")
     assert whole.thinking == "[sim] is thinking "
-    assert whole.response.startswith("[sim] You said: q")
+    assert whole.response is not None and whole.response.startswith("[sim] You said: q")
 
 
-async def test_tool_call_prompt_yields_a_tool_calls_chunk(sim, client):
+async def test_tool_call_prompt_yields_a_tool_calls_chunk(
+    sim: OllamaSimulator, client: ollama.AsyncClient
+) -> None:
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
     messages = [{"role": "user", "content": "call: weather in Paris"}]
     chunks = [
@@ -283,36 +310,41 @@ async def test_tool_call_prompt_yields_a_tool_calls_chunk(sim, client):
         )
     ]
     assert chunks[0].done is False
+    assert chunks[0].message.tool_calls is not None
     call = chunks[0].message.tool_calls[0]
     assert call.function.name == "lookup"
     assert call.function.arguments == {"query": "weather in Paris"}
     assert chunks[-1].done_reason == "stop"
 
 
-async def test_ollama_python_async_chat_stream_and_whole(sim, client):
+async def test_ollama_python_async_chat_stream_and_whole(
+    sim: OllamaSimulator, client: ollama.AsyncClient
+) -> None:
     messages = [{"role": "user", "content": "first"}, {"role": "user", "content": "second"}]
-    parts = [
-        c.message.content
-        async for c in await client.chat(model="gpt-oss:20b", messages=messages, stream=True)
-    ]
+    parts: list[str] = []
+    async for c in await client.chat(model="gpt-oss:20b", messages=messages, stream=True):
+        assert c.message.content is not None
+        parts.append(c.message.content)
     assert "".join(parts) == "[sim] You said: second [sim] You "
     whole = await client.chat(model="gpt-oss:20b", messages=messages)
     assert whole.message.content == "".join(parts)
     assert (whole.done, whole.done_reason, whole.prompt_eval_count) == (True, "stop", 2)
+    assert whole.total_duration is not None and whole.load_duration is not None
     assert whole.total_duration >= whole.load_duration > 0
 
 
-async def test_ollama_python_sync_client_sees_models(sim):
-    sync = ollama.Client(host=sim.url)
-    try:
+async def test_ollama_python_sync_client_sees_models(sim: OllamaSimulator) -> None:
+    # ollama.Client.close() carries no annotations; the context manager closes it the same way.
+    with ollama.Client(host=sim.url) as sync:
         listed = await asyncio.to_thread(sync.list)
         assert [m.model for m in listed.models][:2] == ["gpt-oss:20b", "gpt-oss:120b"]
         shown = await asyncio.to_thread(sync.show, "gpt-oss:20b")
+        assert shown.modelinfo is not None
         assert shown.modelinfo["gptoss.context_length"] == 131072
         assert shown.modelinfo["general.architecture"] == "gptoss"
         assert shown.capabilities == ["completion", "tools", "thinking"]
         answer = await asyncio.to_thread(sync.generate, model="gpt-oss:20b", prompt="sync")
-        assert answer.response.startswith("[sim] You said: sync")
+        assert answer.response is not None and answer.response.startswith("[sim] You said: sync")
         running = await asyncio.to_thread(sync.ps)
         assert [m.model for m in running.models] == ["gpt-oss:20b"]
         assert running.models[0].size_vram == running.models[0].size
@@ -320,11 +352,11 @@ async def test_ollama_python_sync_client_sees_models(sim):
         assert [len(v) for v in embedded.embeddings] == [768, 768]
         legacy = await asyncio.to_thread(sync.embeddings, model="embeddinggemma", prompt="a")
         assert len(legacy.embedding) == 768
-    finally:
-        sync.close()
 
 
-async def test_show_accepts_the_legacy_name_field(sim, http):
+async def test_show_accepts_the_legacy_name_field(
+    sim: OllamaSimulator, http: aiohttp.ClientSession
+) -> None:
     status, _, raw = await post(http, sim, "/api/show", {"name": "embeddinggemma"})
     shown = json.loads(raw)
     assert status == 200
@@ -333,7 +365,9 @@ async def test_show_accepts_the_legacy_name_field(sim, http):
     assert list(shown)[-3:] == ["model_info", "capabilities", "modified_at"]
 
 
-async def test_embeddings_are_deterministic_and_empty_input_gives_empty_list(sim, client, http):
+async def test_embeddings_are_deterministic_and_empty_input_gives_empty_list(
+    sim: OllamaSimulator, client: ollama.AsyncClient, http: aiohttp.ClientSession
+) -> None:
     one = await client.embed(model="embeddinggemma", input="same text")
     two = await client.embed(model="embeddinggemma:latest", input=["same text", "other"])
     assert one.embeddings[0] == two.embeddings[0] != two.embeddings[1]
@@ -347,7 +381,9 @@ async def test_embeddings_are_deterministic_and_empty_input_gives_empty_list(sim
 # -- load, unload, keep_alive ------------------------------------------------------------
 
 
-async def test_empty_prompt_loads_and_keep_alive_zero_unloads(sim, http):
+async def test_empty_prompt_loads_and_keep_alive_zero_unloads(
+    sim: OllamaSimulator, http: aiohttp.ClientSession
+) -> None:
     status, content_type, raw = await post(
         http, sim, "/api/generate", {"model": "gpt-oss:20b", "prompt": ""}
     )
@@ -363,28 +399,34 @@ async def test_empty_prompt_loads_and_keep_alive_zero_unloads(sim, http):
     assert not sim.is_loaded("gpt-oss:20b")
 
 
-async def test_cold_load_is_paid_once_and_shows_in_load_duration(sim, client):
+async def test_cold_load_is_paid_once_and_shows_in_load_duration(
+    sim: OllamaSimulator, client: ollama.AsyncClient
+) -> None:
     sim.cold_load_delay = 0.2
     cold, warm = await asyncio.gather(
         client.generate(model="gpt-oss:20b", prompt="a"),
         client.generate(model="gpt-oss:20b", prompt="b"),
     )
+    assert cold.load_duration is not None and warm.load_duration is not None
     assert cold.load_duration >= 0.19e9
     assert warm.load_duration >= 0.19e9  # waited for the same load
     again = await client.generate(model="gpt-oss:20b", prompt="c", keep_alive=0)
-    assert again.load_duration < 0.1e9
+    assert again.load_duration is not None and again.load_duration < 0.1e9
     assert not sim.is_loaded("gpt-oss:20b")
     sim.cold_load_delay = 0.05
     reloaded = await client.generate(model="gpt-oss:20b", prompt="d")
-    assert reloaded.load_duration >= 0.04e9
+    assert reloaded.load_duration is not None and reloaded.load_duration >= 0.04e9
 
 
-async def test_ps_lists_loaded_models_by_expiry(sim, client):
+async def test_ps_lists_loaded_models_by_expiry(
+    sim: OllamaSimulator, client: ollama.AsyncClient
+) -> None:
     await client.generate(model="gpt-oss:120b", prompt="", keep_alive="-1m")
     await client.generate(model="gpt-oss:20b", prompt="", keep_alive=60)
     running = await client.ps()
     assert [m.model for m in running.models] == ["gpt-oss:120b", "gpt-oss:20b"]
-    assert running.models[0].expires_at.year > 2200
+    expires_at = running.models[0].expires_at
+    assert expires_at is not None and expires_at.year > 2200
     await client.generate(model="gpt-oss:20b", prompt="x", keep_alive=0)
     assert [m.model for m in (await client.ps()).models] == ["gpt-oss:120b"]
 
@@ -392,7 +434,9 @@ async def test_ps_lists_loaded_models_by_expiry(sim, client):
 # -- errors before the first byte --------------------------------------------------------
 
 
-async def test_errors_before_the_first_byte_have_status_and_ollama_text(sim, http):
+async def test_errors_before_the_first_byte_have_status_and_ollama_text(
+    sim: OllamaSimulator, http: aiohttp.ClientSession
+) -> None:
     async with http.post(sim.url + "/api/chat") as response:
         assert response.status == 400
         assert await response.read() == b'{"error":"missing request body"}'
@@ -417,7 +461,9 @@ async def test_errors_before_the_first_byte_have_status_and_ollama_text(sim, htt
             assert message in (await response.json())["error"]
 
 
-async def test_embedding_model_refuses_chat_and_generate(sim, client):
+async def test_embedding_model_refuses_chat_and_generate(
+    sim: OllamaSimulator, client: ollama.AsyncClient
+) -> None:
     with pytest.raises(ollama.ResponseError) as chat_error:
         await client.chat(model="embeddinggemma", messages=[{"role": "user", "content": "x"}])
     assert (chat_error.value.status_code, chat_error.value.error) == (
@@ -431,7 +477,9 @@ async def test_embedding_model_refuses_chat_and_generate(sim, client):
 # -- faults ----------------------------------------------------------------------------
 
 
-async def test_busy_fault_answers_ollama_503_then_recovers(sim, client):
+async def test_busy_fault_answers_ollama_503_then_recovers(
+    sim: OllamaSimulator, client: ollama.AsyncClient
+) -> None:
     sim.faults.busy = 2
     for _ in range(2):
         with pytest.raises(ollama.ResponseError) as busy:
@@ -441,14 +489,18 @@ async def test_busy_fault_answers_ollama_503_then_recovers(sim, client):
     assert sim.faults.busy == 0
 
 
-async def test_fail_before_fault_answers_500(sim, client):
+async def test_fail_before_fault_answers_500(
+    sim: OllamaSimulator, client: ollama.AsyncClient
+) -> None:
     sim.faults.fail_before = "boom"
     with pytest.raises(ollama.ResponseError) as failure:
         await client.embed(model="embeddinggemma", input="x")
     assert (failure.value.status_code, failure.value.error) == (500, "boom")
 
 
-async def test_fail_after_tokens_ends_the_stream_with_an_error_line(sim, client, http):
+async def test_fail_after_tokens_ends_the_stream_with_an_error_line(
+    sim: OllamaSimulator, client: ollama.AsyncClient, http: aiohttp.ClientSession
+) -> None:
     sim.faults.fail_after_tokens = 2
     body = {"model": "gpt-oss:20b", "prompt": "x"}
     status, _, raw = await post(http, sim, "/api/generate", body)
@@ -464,7 +516,9 @@ async def test_fail_after_tokens_ends_the_stream_with_an_error_line(sim, client,
     assert seen == ["[sim] ", "You "]
 
 
-async def test_fail_after_zero_tokens_is_a_real_500(sim, http):
+async def test_fail_after_zero_tokens_is_a_real_500(
+    sim: OllamaSimulator, http: aiohttp.ClientSession
+) -> None:
     sim.faults.fail_after_tokens = 0
     status, content_type, _ = await post(
         http, sim, "/api/generate", {"model": "gpt-oss:20b", "prompt": "x"}
@@ -472,7 +526,9 @@ async def test_fail_after_zero_tokens_is_a_real_500(sim, http):
     assert (status, content_type) == (500, "application/json")
 
 
-async def test_drop_after_tokens_truncates_the_chunked_body(sim, client, http):
+async def test_drop_after_tokens_truncates_the_chunked_body(
+    sim: OllamaSimulator, client: ollama.AsyncClient, http: aiohttp.ClientSession
+) -> None:
     sim.faults.drop_after_tokens = 3
     async with http.post(
         sim.url + "/api/chat",
@@ -488,7 +544,9 @@ async def test_drop_after_tokens_truncates_the_chunked_body(sim, client, http):
     assert (sim.stats.cancelled, sim.stats.completed) == (0, 0)
 
 
-async def test_hang_fault_counts_a_client_timeout_as_cancelled(sim, http):
+async def test_hang_fault_counts_a_client_timeout_as_cancelled(
+    sim: OllamaSimulator, http: aiohttp.ClientSession
+) -> None:
     sim.faults.hang = True
     timeout = aiohttp.ClientTimeout(total=0.2)
     with pytest.raises(asyncio.TimeoutError):
@@ -500,7 +558,9 @@ async def test_hang_fault_counts_a_client_timeout_as_cancelled(sim, http):
     assert (sim.stats.cancelled, sim.stats.completed) == (1, 0)
 
 
-async def test_stall_then_disconnect_is_counted_once(sim, http):
+async def test_stall_then_disconnect_is_counted_once(
+    sim: OllamaSimulator, http: aiohttp.ClientSession
+) -> None:
     sim.faults.stall_after_tokens = 2
     body = {"model": "gpt-oss:20b", "messages": [{"role": "user", "content": "x"}]}
     async with http.post(sim.url + "/api/chat", json=body) as response:
@@ -514,7 +574,9 @@ async def test_stall_then_disconnect_is_counted_once(sim, http):
     assert (sim.stats.cancelled, sim.stats.completed, sim.stats.tokens_sent) == (1, 0, 2)
 
 
-async def test_client_leaving_a_paced_stream_is_counted_once(sim, http):
+async def test_client_leaving_a_paced_stream_is_counted_once(
+    sim: OllamaSimulator, http: aiohttp.ClientSession
+) -> None:
     sim.tokens_per_second = 20
     sim.answer_tokens = 50
     body = {"model": "gpt-oss:20b", "prompt": "slow"}
@@ -526,7 +588,7 @@ async def test_client_leaving_a_paced_stream_is_counted_once(sim, http):
     assert sim.stats.tokens_sent < 50
 
 
-async def test_wait_until_raises_timeout_error(sim):
+async def test_wait_until_raises_timeout_error(sim: OllamaSimulator) -> None:
     with pytest.raises(TimeoutError):
         await sim.wait_until(lambda: sim.stats.completed == 99, timeout=0.05)
 
@@ -534,11 +596,13 @@ async def test_wait_until_raises_timeout_error(sim):
 # -- model management ------------------------------------------------------------------
 
 
-async def test_pull_streams_progress_and_adds_the_model(sim, client, http):
+async def test_pull_streams_progress_and_adds_the_model(
+    sim: OllamaSimulator, client: ollama.AsyncClient, http: aiohttp.ClientSession
+) -> None:
     statuses = [p.status async for p in await client.pull("llama3.2", stream=True)]
     assert statuses[0] == "pulling manifest"
     assert statuses[-3:] == ["verifying sha256 digest", "writing manifest", "success"]
-    assert any(s.startswith("pulling ") and len(s) == 20 for s in statuses)
+    assert any(s is not None and s.startswith("pulling ") and len(s) == 20 for s in statuses)
     assert "llama3.2:latest" in [m.model for m in (await client.list()).models]
     status, content_type, raw = await post(
         http, sim, "/api/pull", {"model": "qwen3", "stream": False}
@@ -546,7 +610,9 @@ async def test_pull_streams_progress_and_adds_the_model(sim, client, http):
     assert (status, content_type, raw) == (200, "application/json", b'{"status":"success"}')
 
 
-async def test_blobs_create_copy_and_delete(sim, client, http, tmp_path: Path):
+async def test_blobs_create_copy_and_delete(
+    sim: OllamaSimulator, client: ollama.AsyncClient, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
     weights = tmp_path / "model.gguf"
     weights.write_bytes(b"GGUF" + bytes(200_000))
     digest = await client.create_blob(weights)
@@ -573,7 +639,9 @@ async def test_blobs_create_copy_and_delete(sim, client, http, tmp_path: Path):
     assert gone.value.status_code == 404
 
 
-async def test_blob_with_wrong_digest_is_refused(sim, http):
+async def test_blob_with_wrong_digest_is_refused(
+    sim: OllamaSimulator, http: aiohttp.ClientSession
+) -> None:
     wrong = "sha256:" + "1" * 64
     async with http.post(f"{sim.url}/api/blobs/{wrong}", data=b"content") as response:
         assert response.status == 400
@@ -585,7 +653,9 @@ async def test_blob_with_wrong_digest_is_refused(sim, http):
 # -- OpenAI and Anthropic layers -------------------------------------------------------
 
 
-async def test_openai_chat_stream_has_role_finish_usage_and_done(sim, http):
+async def test_openai_chat_stream_has_role_finish_usage_and_done(
+    sim: OllamaSimulator, http: aiohttp.ClientSession
+) -> None:
     body = {
         "model": "gpt-oss:20b",
         "stream": True,
@@ -607,7 +677,9 @@ async def test_openai_chat_stream_has_role_finish_usage_and_done(sim, http):
     assert len({c["id"] for c in chunks}) == 1
 
 
-async def test_openai_chat_whole_and_errors_in_openai_shape(sim, http):
+async def test_openai_chat_whole_and_errors_in_openai_shape(
+    sim: OllamaSimulator, http: aiohttp.ClientSession
+) -> None:
     body = {"model": "gpt-oss:20b", "messages": [{"role": "user", "content": "hey"}]}
     status, content_type, raw = await post(http, sim, "/v1/chat/completions", body)
     completion = json.loads(raw)
@@ -633,7 +705,9 @@ async def test_openai_chat_whole_and_errors_in_openai_shape(sim, http):
     assert (status, json.loads(raw)["error"]["type"]) == (503, "api_error")
 
 
-async def test_openai_completions_models_and_embeddings(sim, http):
+async def test_openai_completions_models_and_embeddings(
+    sim: OllamaSimulator, http: aiohttp.ClientSession
+) -> None:
     body = {"model": "gpt-oss:20b", "prompt": "p", "stream": True, "max_tokens": 2}
     frames = sse_data((await post(http, sim, "/v1/completions", body))[2])
     texts = [json.loads(f)["choices"][0]["text"] for f in frames[:-1]]
@@ -655,7 +729,9 @@ async def test_openai_completions_models_and_embeddings(sim, http):
     assert len(listed["data"][0]["embedding"]) == 768
 
 
-async def test_responses_and_messages_answer_in_their_shapes(sim, http):
+async def test_responses_and_messages_answer_in_their_shapes(
+    sim: OllamaSimulator, http: aiohttp.ClientSession
+) -> None:
     body = {"model": "gpt-oss:20b", "input": "hi", "max_output_tokens": 3}
     response = json.loads((await post(http, sim, "/v1/responses", body))[2])
     assert response["output"][0]["content"][0]["text"] == "[sim] You said: "
@@ -682,7 +758,9 @@ async def test_responses_and_messages_answer_in_their_shapes(sim, http):
     assert (status, json.loads(raw)["type"]) == (404, "error")
 
 
-async def test_messages_stream_thinking_text_and_tool_use_blocks_as_ollama_does(sim, http):
+async def test_messages_stream_thinking_text_and_tool_use_blocks_as_ollama_does(
+    sim: OllamaSimulator, http: aiohttp.ClientSession
+) -> None:
     # anthropic.StreamConverter: a block opens with its first piece, a tool call is one
     # whole tool_use block, and the stop reason says tool_use.
     tool = {"name": "weather", "input_schema": {"type": "object"}}
@@ -731,7 +809,9 @@ async def test_messages_stream_thinking_text_and_tool_use_blocks_as_ollama_does(
 # -- lifecycle, recording, command line --------------------------------------------------
 
 
-async def test_requests_are_recorded_as_received(sim, http):
+async def test_requests_are_recorded_as_received(
+    sim: OllamaSimulator, http: aiohttp.ClientSession
+) -> None:
     await post(http, sim, "/api/show", {"model": "gpt-oss:20b"})
     await sim.wait_until(lambda: len(sim.requests) == 1)
     recorded = sim.requests[0]
@@ -740,7 +820,9 @@ async def test_requests_are_recorded_as_received(sim, http):
     assert json.loads(recorded.body) == {"model": "gpt-oss:20b"}
 
 
-async def test_stop_kills_open_streams_and_the_port_can_be_reused(sim, http):
+async def test_stop_kills_open_streams_and_the_port_can_be_reused(
+    sim: OllamaSimulator, http: aiohttp.ClientSession
+) -> None:
     sim.faults.stall_after_tokens = 1
     port = sim.port
     async with http.post(
@@ -755,7 +837,7 @@ async def test_stop_kills_open_streams_and_the_port_can_be_reused(sim, http):
         assert response.status == 200
 
 
-async def test_custom_models_get_a_latest_tag(http):
+async def test_custom_models_get_a_latest_tag(http: aiohttp.ClientSession) -> None:
     custom = OllamaSimulator(name="one", models=[SimulatedModel("tiny", thinking=False)])
     async with custom:
         status, _, raw = await post(
@@ -765,7 +847,7 @@ async def test_custom_models_get_a_latest_tag(http):
         assert list(custom.models) == ["tiny:latest"]
 
 
-async def test_command_line_serves_until_sigterm(http):
+async def test_command_line_serves_until_sigterm(http: aiohttp.ClientSession) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import cast
 
 import pytest
 from aiohttp import web
+from aiohttp.client_proto import ResponseHandler
 from conftest import StartProxy, StartSims, group, make_settings, until
 
 from olbproxy import splice as splice_module
 from olbproxy.exchange import complete
-from olbproxy.settings import GroupSettings
+from olbproxy.settings import GroupSettings, Settings
 from olbproxy.splice import Splice
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
 
+# Starts a backend that writes the given pieces with the given Content-Type; gives its URL.
+Backend = Callable[[list[bytes], str], Awaitable[str]]
+
 
 @pytest.fixture
-async def backend() -> AsyncIterator[Callable[[list[bytes], str], str]]:
+async def backend() -> AsyncIterator[Backend]:
     """A backend writing given pieces, one write each, then closing; records versions."""
     runners: list[web.AppRunner] = []
 
@@ -42,23 +47,23 @@ async def backend() -> AsyncIterator[Callable[[list[bytes], str], str]]:
         runners.append(runner)
         return f"http://127.0.0.1:{runner.addresses[0][1]}"
 
-    yield start  # type: ignore[misc]
+    yield start
     for runner in runners:
         await runner.cleanup()
 
 
-def settings_for(url: str) -> object:
+def settings_for(url: str) -> Settings:
     return make_settings(GroupSettings(name="g", models=("m",), endpoints=(url,)))
 
 
 async def test_a_stream_that_ends_without_done_gets_an_error_line(
-    backend: Callable[..., object], start_proxy: StartProxy
+    backend: Backend, start_proxy: StartProxy
 ) -> None:
     line = (
         b'{"model":"m","created_at":"x",'
         b'"message":{"role":"assistant","content":"a"},"done":false}\n'
     )
-    url = await backend([line, line], "application/x-ndjson")  # type: ignore[misc]
+    url = await backend([line, line], "application/x-ndjson")
     proxy = await start_proxy(settings_for(url))
     async with proxy.http.post(proxy.url + "/api/chat", json=CHAT) as resp:
         body = await resp.read()
@@ -68,7 +73,7 @@ async def test_a_stream_that_ends_without_done_gets_an_error_line(
 
 
 async def test_sse_passes_byte_for_byte_through_the_splice(
-    backend: Callable[..., object], start_proxy: StartProxy
+    backend: Backend, start_proxy: StartProxy
 ) -> None:
     head = b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","choices":[{"index":0,'
     frames = [
@@ -77,7 +82,7 @@ async def test_sse_passes_byte_for_byte_through_the_splice(
         head + b'"delta":{},"finish_reason":"stop"}]}\n\n',
         b"data: [DONE]\n\n",
     ]
-    url = await backend(frames, "text/event-stream")  # type: ignore[misc]
+    url = await backend(frames, "text/event-stream")
     proxy = await start_proxy(settings_for(url))
     body = {**CHAT, "stream": True}
     async with proxy.http.post(proxy.url + "/v1/chat/completions", json=body) as resp:
@@ -158,8 +163,12 @@ class _Upstream:
 
 
 def make_splice() -> tuple[Splice, _Transport, _Upstream, list[bytes]]:
-    transport, upstream, chunks = _Transport(), _Upstream(), []
-    return Splice(transport, chunks, upstream), transport, upstream, chunks  # type: ignore[arg-type]
+    transport, upstream = _Transport(), _Upstream()
+    chunks: list[bytes] = []
+    # The fakes stand in for the asyncio.Transport and aiohttp ResponseHandler the splice
+    # is given, with only the calls it makes.
+    splice = Splice(cast(asyncio.Transport, transport), chunks, cast(ResponseHandler, upstream))
+    return splice, transport, upstream, chunks
 
 
 async def test_splice_frames_each_piece_as_one_chunk_and_keeps_a_copy() -> None:
@@ -173,7 +182,9 @@ async def test_a_full_client_buffer_pauses_the_backend_until_drained() -> None:
     splice, transport, upstream, _ = make_splice()
     waiting = asyncio.create_task(splice.wait())
     splice.feed_data(b"x" * (splice_module.HIGH_WATER + 1))
-    assert upstream.paused
+    # Read as a plain bool: mypy would keep `upstream.paused` narrowed to True in the loop.
+    paused: bool = upstream.paused
+    assert paused
     await asyncio.sleep(0)  # the handler starts draining
     transport.buffered = 0  # the client caught up
     async with asyncio.timeout(5):
@@ -245,4 +256,5 @@ async def test_a_final_line_split_over_many_reads_is_a_complete_answer(
     (room,) = await store.rooms.list("anonymous", limit=10)
     (message,) = await store.messages.list(room.id, limit=10)
     # Recorded as the complete answer it was, with the final line's counters.
-    assert message.status == "done" and message.counters["eval_count"] == 3
+    assert message.status == "done"
+    assert message.counters is not None and message.counters["eval_count"] == 3

@@ -92,9 +92,9 @@ async def test_a_parser_set_on_the_connection_gets_every_later_byte_and_the_clos
         # Contract 3: pause_reading/resume_reading stop and restart the socket's reads.
         assert protocol.transport is not None
         protocol.pause_reading()
-        assert not protocol.transport.is_reading(), CHANGED  # type: ignore[attr-defined]
+        assert not protocol.transport.is_reading(), CHANGED
         protocol.resume_reading()
-        assert protocol.transport.is_reading(), CHANGED  # type: ignore[attr-defined]
+        assert protocol.transport.is_reading(), CHANGED
         await pieces.put(None)
         await asyncio.wait_for(parser.eof.wait(), 5)
         response.close()

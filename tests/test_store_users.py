@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from identity import store_settings
@@ -13,7 +14,7 @@ from pymongo.errors import ServerSelectionTimeoutError
 
 from olbproxy.errors import Conflict, Unavailable
 from olbproxy.settings import Settings
-from olbproxy.store import ApiKey, Store, User, new_id
+from olbproxy.store import ApiKey, Store, User, UserChanges, new_id
 from olbproxy.store.backends import open_store
 from olbproxy.store.mongo import Outage
 
@@ -24,14 +25,14 @@ def moment() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
-def user(name: str, **kw: object) -> User:
+def user(name: str, **kw: Any) -> User:
     return User(
         id=new_id(),
         username=name,
         username_key=name.lower(),
         password_hash="sha256+$2b$04$x",
         created_at=moment(),
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
 
 
@@ -55,8 +56,8 @@ async def test_updates_apply_and_unknown_ids_say_so(store: Store) -> None:
     kim = user("Kim")
     await store.users.add(kim)
     seen = moment()
-    changes = {"disabled": True, "groups": frozenset({"120b"}), "role": "admin"}
-    assert await store.users.update(kim.id, {**changes, "last_login_at": seen})  # type: ignore[typeddict-item]
+    changes: UserChanges = {"disabled": True, "groups": frozenset({"120b"}), "role": "admin"}
+    assert await store.users.update(kim.id, {**changes, "last_login_at": seen})
     got = await store.users.get(kim.id)
     assert got is not None
     assert (got.disabled, got.groups, got.role, got.last_login_at) == (
@@ -66,7 +67,8 @@ async def test_updates_apply_and_unknown_ids_say_so(store: Store) -> None:
         seen,
     )
     assert await store.users.update(kim.id, {"groups": None})
-    assert (await store.users.get(kim.id)).groups is None  # type: ignore[union-attr]
+    got = await store.users.get(kim.id)
+    assert got is not None and got.groups is None
     assert not await store.users.update(new_id(), {"disabled": True})
 
 

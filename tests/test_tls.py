@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import io
 import ipaddress
 import ssl
 from dataclasses import replace
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from conftest import StartSims, group, make_settings
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -74,8 +76,8 @@ async def test_the_proxy_serves_https_and_logs_logins_as_encrypted(
     )
     app = await create_app(settings)
 
-    async def add_user(app: object) -> None:
-        await app[AUTHENTICATOR].accounts.add_user("kim", PASSWORD)  # type: ignore[index]
+    async def add_user(app: web.Application) -> None:
+        await app[AUTHENTICATOR].accounts.add_user("kim", PASSWORD)
 
     app.on_startup.append(add_user)
     listening: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
@@ -109,10 +111,11 @@ async def test_the_proxy_serves_https_and_logs_logins_as_encrypted(
     assert "user=kim" in login and "tls=yes" in login
 
 
-class _Lines:
+class _Lines(io.StringIO):
     """A text stream that keeps what was written, line by line."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.lines: list[str] = []
 
     def write(self, text: str) -> int:

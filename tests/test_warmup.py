@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 from conftest import StartProxy, StartSims, group, make_settings
 
 from olbproxy.app import POOL
 from olbproxy.settings import GroupSettings
+from olbproxy.simulator import RecordedRequest
 from olbproxy.warmup import keep_alive_value, warm_models
 
 
-def loads(requests: list) -> list[dict[str, object]]:  # type: ignore[type-arg]
+def loads(requests: list[RecordedRequest]) -> list[dict[str, object]]:
     return [json.loads(r.body) for r in requests if r.path == "/api/generate"]
 
 
@@ -33,7 +35,7 @@ async def test_models_are_loaded_at_start_with_the_groups_keep_alive(
     settings = make_settings(group("20b", ("gpt-oss:20b",), sims, warmup=True, keep_alive="-1"))
     await start_proxy(settings)
     for sim in sims:
-        await sim.wait_until(lambda sim=sim: sim.is_loaded("gpt-oss:20b"))
+        await sim.wait_until(partial(sim.is_loaded, "gpt-oss:20b"))
         assert loads(sim.requests) == [
             {"model": "gpt-oss:20b", "prompt": "", "stream": False, "keep_alive": -1}
         ]

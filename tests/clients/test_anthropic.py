@@ -12,11 +12,12 @@ import asyncio
 import anthropic
 import pytest
 from anthropic import Anthropic, AsyncAnthropic
+from anthropic.types import MessageParam, ToolParam
 
 from .scene import BIG, SMALL, STATUSES, Clients, refused
 
-MESSAGES = [{"role": "user", "content": "why is the sky blue"}]
-TOOL = {
+MESSAGES: list[MessageParam] = [{"role": "user", "content": "why is the sky blue"}]
+TOOL: ToolParam = {
     "name": "weather",
     "description": "Today's weather in a city.",
     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
@@ -51,7 +52,9 @@ async def test_a_stream_brings_its_events_and_text_in_pieces(clients: Clients) -
     ):
         pieces = [text async for text in stream.text_stream]
         final = await stream.get_final_message()
-    assert len(pieces) == 12 and "".join(pieces) == final.content[0].text
+    block = final.content[0]
+    assert block.type == "text"
+    assert len(pieces) == 12 and "".join(pieces) == block.text
     assert final.stop_reason == "end_turn" and final.usage.output_tokens == 12
 
     async with client_for(clients) as client:
@@ -73,7 +76,7 @@ async def test_a_stream_brings_its_events_and_text_in_pieces(clients: Clients) -
 
 
 async def test_tool_use_whole_and_streamed(clients: Clients) -> None:
-    messages = [{"role": "user", "content": "call: Seoul"}]
+    messages: list[MessageParam] = [{"role": "user", "content": "call: Seoul"}]
     async with client_for(clients) as client:
         message = await client.messages.create(
             model=SMALL,
@@ -116,7 +119,9 @@ async def test_the_sync_client_and_api_key_work_too(clients: Clients) -> None:
         # SDK 2.x: api_key= goes out as Authorization: Bearer.
         with Anthropic(base_url=clients.url, api_key=clients.key) as client:
             message = client.messages.create(model=SMALL, max_tokens=100, messages=MESSAGES)
-        return message.content[0].text
+        block = message.content[0]
+        assert block.type == "text"
+        return block.text
 
     assert (await asyncio.to_thread(run)).startswith("[sim1] You said:")
 
@@ -127,7 +132,8 @@ async def test_the_key_in_x_api_key(clients: Clients) -> None:
         base_url=clients.url, default_headers={"X-Api-Key": clients.key}, max_retries=0
     ) as client:
         message = await client.messages.create(model=SMALL, max_tokens=100, messages=MESSAGES)
-    assert message.content[0].text.startswith("[sim1] You said:")
+    block = message.content[0]
+    assert block.type == "text" and block.text.startswith("[sim1] You said:")
 
 
 @pytest.mark.parametrize("status", STATUSES)

@@ -11,7 +11,7 @@ from typing import Any
 import ollama
 import pytest
 from llama_index.core.llms import ChatMessage
-from llama_index.core.tools import FunctionTool
+from llama_index.core.tools import FunctionTool, ToolSelection
 from llama_index.llms.ollama import Ollama
 
 from .scene import BIG, SMALL, STATUSES, Clients, refused
@@ -78,9 +78,10 @@ async def test_tool_calls_come_back_as_tool_selections(clients: Clients, closing
     llm = llm_for(clients, closing)
     tool = FunctionTool.from_defaults(fn=weather)
 
-    def run() -> list[Any]:
+    def run() -> list[ToolSelection]:
         response = llm.chat_with_tools([tool], user_msg="call: Seoul")
-        return llm.get_tool_calls_from_response(response)
+        calls: list[ToolSelection] = llm.get_tool_calls_from_response(response)
+        return calls
 
     (selection,) = await asyncio.to_thread(run)
     assert (selection.tool_name, selection.tool_kwargs) == ("weather", {"query": "Seoul"})

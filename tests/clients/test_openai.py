@@ -8,11 +8,12 @@ import asyncio
 import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from .scene import BIG, EMBEDDING, SMALL, STATUSES, Clients, refused
 
-MESSAGES = [{"role": "user", "content": "why is the sky blue"}]
-TOOL = {
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "why is the sky blue"}]
+TOOL: ChatCompletionToolParam = {
     "type": "function",
     "function": {
         "name": "weather",
@@ -72,7 +73,7 @@ async def test_the_sync_client_streams_too(clients: Clients) -> None:
 
 
 async def test_tool_calls_come_back_with_ids_and_json_arguments(clients: Clients) -> None:
-    messages = [{"role": "user", "content": "call: Seoul"}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "call: Seoul"}]
     async with client_for(clients) as client:
         completion = await client.chat.completions.create(
             model=SMALL,
