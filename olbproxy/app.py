@@ -19,6 +19,7 @@ from aiohttp.typedefs import Middleware
 
 from olbproxy.api import OllamaApi
 from olbproxy.auth.authenticator import Authenticator
+from olbproxy.auth.console import Console
 from olbproxy.catalog import Catalog
 from olbproxy.errors import ProxyError, render
 from olbproxy.health import HealthChecker
@@ -212,6 +213,10 @@ async def create_app(settings: Settings) -> web.Application:
     if settings.auth.enabled:
         app.middlewares.append(authenticator.middleware)
         app.router.add_routes(authenticator.accounts.routes())
+        console = Console(
+            authenticator.accounts, authenticator.directory, lambda: pool.groups.keys()
+        )
+        app.router.add_routes(console.routes())
         app.cleanup_ctx.append(authenticator.lifetime)
 
     # -- persistence (recorder, rooms API) -------------------------------------------
