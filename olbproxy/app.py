@@ -34,6 +34,7 @@ from olbproxy.settings import Settings
 from olbproxy.splice import SpliceRequest
 from olbproxy.status import Status
 from olbproxy.store import Store, open_store
+from olbproxy.ui.site import Site
 from olbproxy.warmup import Warmup
 from olbproxy.watchdog import Watchdog
 
@@ -251,6 +252,12 @@ async def create_app(settings: Settings) -> web.Application:
     status = Status(pool, catalog, relay.errors, backlog=recorder.backlog)
     app[STATUS] = status
     app.router.add_routes(status.routes())
+
+    # -- the web page (/ui/): static files, public; it calls the API like any client ----
+    site = Site(settings)
+    for path in site.public_paths:
+        authenticator.allow_anonymous(path)
+    app.router.add_routes(site.routes())
 
     app.router.add_routes(api.routes())
     app.router.add_routes(management.routes())
