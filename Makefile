@@ -6,7 +6,7 @@ SECANTUS := .venv-secantus
 RUNTIME := $(VENV)/.runtime-installed
 TESTDEPS := $(VENV)/.test-installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-ui lint bench clean
 
 $(RUNTIME): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,12 @@ lint: $(TESTDEPS)
 
 test: lint $(SECANTUS)/bin/secantusd-py
 	OLBPROXY_SECANTUSD=$(CURDIR)/$(SECANTUS)/bin/secantusd-py $(VENV)/bin/pytest -q
+
+# The web page's browser tests alone (also part of `make test`); they need Debian's
+# chromium (apt-get install -y chromium) and skip without it.
+test-ui: $(TESTDEPS) $(SECANTUS)/bin/secantusd-py
+	OLBPROXY_SECANTUSD=$(CURDIR)/$(SECANTUS)/bin/secantusd-py \
+	  $(VENV)/bin/pytest -q tests/ui tests/test_ui_site.py tests/test_console.py
 
 bench: $(TESTDEPS) $(SECANTUS)/bin/secantusd-py
 	OLBPROXY_SECANTUSD=$(CURDIR)/$(SECANTUS)/bin/secantusd-py $(VENV)/bin/python bench/run.py $(BENCH_ARGS)
