@@ -18,6 +18,20 @@ async def memory_site(start_sims: StartSims, start_proxy: StartProxy, **auth: An
     return await start_site(start_sims, start_proxy, None, **auth)
 
 
+async def site_of(
+    start_sims: StartSims, start_proxy: StartProxy, *, auth: bool = True, **small: Any
+) -> Site:
+    """The seed's two groups, one simulator each, with the 20b group's settings given."""
+    sims = await start_sims(2, tokens_per_second=0)
+    settings = make_settings(
+        group("20b", ("gpt-oss:20b",), sims[:1], **small),
+        group("120b", ("gpt-oss:120b",), sims[1:]),
+        store=store_settings(None),
+        **({"auth": auth_settings()} if auth else {}),
+    )
+    return Site(await start_proxy(settings), *sims)
+
+
 def chats_sent(site: Site) -> list[dict[str, Any]]:
     """The bodies of the chat requests the 20b backend received."""
     return [json.loads(r.body) for r in site.small.requests if r.path == "/api/chat"]
@@ -171,14 +185,8 @@ async def test_stop_ends_the_answer_and_the_backend_stops(
 async def test_a_full_group_is_said_and_waited_out(
     chromium: Any, start_sims: StartSims, start_proxy: StartProxy
 ) -> None:
-    small, large = await start_sims(2, tokens_per_second=0)
-    settings = make_settings(
-        group("20b", ("gpt-oss:20b",), [small], slots=1, queue_size=0),
-        group("120b", ("gpt-oss:120b",), [large]),
-        auth=auth_settings(),
-        store=store_settings(None),
-    )
-    site = Site(await start_proxy(settings), small, large)
+    site = await site_of(start_sims, start_proxy, slots=1, queue_size=0)
+    small = site.small
     other = await site.user_with_token("lee")
 
     # Someone else's stream holds the group's only slot.
@@ -313,11 +321,7 @@ async def test_usable_on_a_phone(
 async def test_with_authentication_off_the_page_opens_on_the_chat(
     chromium: Any, start_sims: StartSims, start_proxy: StartProxy
 ) -> None:
-    small, large = await start_sims(2, tokens_per_second=0)
-    settings = make_settings(
-        group("20b", ("gpt-oss:20b",), [small]), group("120b", ("gpt-oss:120b",), [large])
-    )
-    site = Site(await start_proxy(settings), small, large)
+    site = await site_of(start_sims, start_proxy, auth=False)
     b = await open_ui(chromium, site)
     await expect(b.page.locator(".nav a")).to_have_text(["Chat", "Admin"])
     await expect(b.page.locator(".who")).to_have_text("")
