@@ -109,6 +109,8 @@ export class AccountView {
     const password = h(
       "form",
       { class: "form", onsubmit: (e) => this.changePassword(e) },
+      // For password managers: whose password this is.
+      h("input", { type: "text", name: "username", autocomplete: "username", value: me.username, readonly: true, hidden: true }),
       this.field("current", "currentPassword", "current-password"),
       this.field("new", "newPassword", "new-password"),
       this.field("again", "passwordAgain", "new-password"),

@@ -72,6 +72,8 @@ export class ChatView {
     this.loadRooms();
     if (roomId) this.show(roomId);
     else if (this.roomId) history.replaceState(null, "", `#/chat/${this.roomId}`);
+    // Ready to type on a desktop; on a phone the keyboard would cover the page at once.
+    if (!roomId && window.matchMedia("(min-width: 721px)").matches) this.focusPrompt();
   }
 
   unmount() {
@@ -177,10 +179,14 @@ export class ChatView {
     this.dom.toggle.setAttribute("aria-expanded", "false");
   }
 
-  say(key, params) {
+  say(key, params, kind = "error") {
     if (!this.dom) return;
+    this.dom.notice.className = `chat-notice ${kind}`;
     if (key) retext(this.dom.notice, key, params);
-    else this.dom.notice.replaceChildren();
+    else {
+      delete this.dom.notice.dataset.i18n;
+      this.dom.notice.replaceChildren();
+    }
   }
 
   // -- models --------------------------------------------------------------------------
@@ -358,7 +364,7 @@ export class ChatView {
     this.roomTitle = known ? known.title : "";
     this.renderMessages();
     this.renderTitle();
-    this.say("loading");
+    this.say("loading", null, "info");
     const turns = [];
     let room = null;
     let cursor = null;
