@@ -13,7 +13,7 @@ NODE_CLIENTS := tests/clients/js/node_modules/.package-lock.json
 OPENWEBUI := .venv-openwebui
 OPENWEBUI_PINS := tests/openwebui/requirements.txt
 
-.PHONY: demo test test-properties test-openwebui lint bench clean
+.PHONY: demo test test-ui test-properties test-openwebui lint bench clean
 
 # Each install says what it does first: pip -q is silent for up to two minutes.
 $(RUNTIME): setup.cfg pyproject.toml
@@ -84,6 +84,12 @@ test: lint $(SECANTUS)/bin/secantusd-py $(NODE_CLIENTS)
 # each time (Hypothesis's "long" profile).
 test-properties: $(TESTDEPS)
 	HYPOTHESIS_PROFILE=long $(VENV)/bin/pytest -q tests/test_edge_properties.py
+
+# The web page's browser tests alone (also part of `make test`); they need Debian's
+# chromium (apt-get install -y chromium) and skip without it.
+test-ui: $(TESTDEPS) $(SECANTUS)/bin/secantusd-py
+	OLBPROXY_SECANTUSD=$(CURDIR)/$(SECANTUS)/bin/secantusd-py \
+	  $(VENV)/bin/pytest -q tests/ui tests/test_ui_site.py tests/test_console.py
 
 bench: $(TESTDEPS) $(SECANTUS)/bin/secantusd-py
 	OLBPROXY_SECANTUSD=$(CURDIR)/$(SECANTUS)/bin/secantusd-py $(VENV)/bin/python bench/run.py $(BENCH_ARGS)

@@ -19,6 +19,7 @@ from olbproxy.access import ACCESS, AccessLog
 from olbproxy.api import OllamaApi
 from olbproxy.audit import AuditTrail
 from olbproxy.auth.authenticator import Authenticator
+from olbproxy.auth.console import Console
 from olbproxy.catalog import Catalog
 from olbproxy.edge import (
     Edge,
@@ -42,6 +43,7 @@ from olbproxy.status import Status
 from olbproxy.store import Store
 from olbproxy.store.backends import open_store
 from olbproxy.supervisor import Supervisor
+from olbproxy.ui.site import Site
 from olbproxy.upstream import Upstream
 from olbproxy.warmup import Warmup
 from olbproxy.watchdog import Watchdog
@@ -135,6 +137,10 @@ async def create_app(settings: Settings) -> web.Application:
     routes: list[Route] = []
     if settings.auth.enabled:
         routes += authenticator.accounts.routes()
+        console = Console(
+            authenticator.accounts, authenticator.directory, lambda: pool.groups.keys()
+        )
+        routes += console.routes()
 
         async def identities(app: web.Application) -> AsyncIterator[None]:
             await authenticator.start(supervisor)
@@ -180,6 +186,9 @@ async def create_app(settings: Settings) -> web.Application:
     routes += status.routes()
     routes += api.routes()
     routes += management.routes()
+
+    # The web page (/ui/): static files, public; it calls the API like any client.
+    routes += Site(settings).routes()
 
     # -- the edge: the one aiohttp route; everything else is refused there ----------------
     edge = Edge(

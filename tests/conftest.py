@@ -179,3 +179,42 @@ async def store(store_uri: str | None) -> AsyncIterator[Store]:
     await opened.start()
     yield opened
     await opened.close()
+
+
+# Debian's chromium, driven by Playwright for Python; never a browser download.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def browser_missing() -> str | None:
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"{CHROMIUM} is not installed (apt-get install -y chromium)"
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -e '.[test]')"
+    return None
+
+
+@pytest.fixture
+async def chromium() -> AsyncIterator[Any]:
+    """A headless Chromium; skips without it, unless OLBPROXY_REQUIRE_BROWSER=1 (CI)."""
+    missing = browser_missing()
+    if missing is not None:
+        if os.environ.get("OLBPROXY_REQUIRE_BROWSER") == "1":
+            pytest.fail(missing + " and OLBPROXY_REQUIRE_BROWSER=1")
+        pytest.skip(missing + "; set OLBPROXY_REQUIRE_BROWSER=1 to fail instead")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()

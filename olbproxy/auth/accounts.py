@@ -269,6 +269,28 @@ class Accounts:
         changes: UserChanges = {"password_hash": hashed, "token_epoch": user.token_epoch + 1}
         return await self.change_user(username, changes)
 
+    async def change_password(self, user: User, current: str, new: str, *, address: str) -> User:
+        """A user changing their own password: the current one is checked like a login.
+
+        The new password is validated first (no bcrypt spent on a request that would fail
+        anyway); the check of the current one counts against the same per-username and
+        per-address limits as logins, so a stolen token cannot guess the password faster
+        than the login page could.
+        """
+        check_password(new, self.settings.min_password_length)
+        key = user.username_key
+        self._throttled(self.by_name, key)
+        self._throttled(self.by_address, address)
+        stamps = self.by_name.record(key), self.by_address.record(address)
+        matched = len(current.encode()) <= PASSWORD_MAX_BYTES and await asyncio.to_thread(
+            passwords.check, current, user.password_hash, self.settings.bcrypt_cost
+        )
+        if not matched:
+            self.failures["password"] += 1
+            raise Forbidden("the current password is wrong")
+        self._release(key, address, stamps)
+        return await self.set_password(user.username, new)
+
     async def create_key(
         self,
         username: str,

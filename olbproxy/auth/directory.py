@@ -69,6 +69,23 @@ class Directory:
             self.trusted = await self._first_use("t:", self.trusted_key, self.store.users.find, {})
         return self.trusted
 
+    def learn_user(self, user: User) -> None:
+        """A change made through this proxy (the account pages): in effect here at once.
+
+        Only users already cached are replaced (others are read on first use). A refresh
+        that read the store just before the change may put the old record back; the next
+        refresh corrects it, as it does for changes made by the CLI or another proxy.
+        """
+        if user.id in self.users:
+            self.users[user.id] = user
+        if self.trusted is not None and self.trusted.id == user.id:
+            self.trusted = user
+
+    def learn_key(self, key: ApiKey) -> None:
+        """As ``learn_user``, for a key revoked through this proxy."""
+        if key.id in self.keys:
+            self.keys[key.id] = key
+
     async def _first_use(
         self,
         kind: str,

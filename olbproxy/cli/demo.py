@@ -96,6 +96,8 @@ async def _main(host: str, port: int) -> None:
             "are kept in this process and are gone when it stops.",
             *(f"  group {g.name:5} {g.models[0]:14} -> {', '.join(g.endpoints)}" for g in groups),
             "",
+            f"Web page: {base}/ui/  (log in as {DEMO_USER} / {demo['password']})",
+            "",
             f"Demo user {DEMO_USER!r} (admin), password {demo['password']}",
             f"  API key: {demo['key']}",
             f"  token:   {demo['token']}",
