@@ -31,6 +31,7 @@ from olbproxy.edge import (
     mark_started,
 )
 from olbproxy.health import HealthChecker
+from olbproxy.lag import GcPauses, LoopLag
 from olbproxy.management import ModelManagement
 from olbproxy.metrics import Metrics
 from olbproxy.persistence.recorder import Recorder
@@ -65,6 +66,7 @@ RECORDER = web.AppKey("RECORDER", Recorder)
 EDGE = web.AppKey("EDGE", Edge)
 AUDIT = web.AppKey("AUDIT", AuditTrail)
 SUPERVISOR = web.AppKey("SUPERVISOR", Supervisor)
+LAG = web.AppKey("LAG", LoopLag)
 
 
 async def create_app(settings: Settings) -> web.Application:
@@ -202,13 +204,23 @@ async def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(mark_started)
     app.on_response_prepare.append(cors_on_prepare(settings.origins))
 
+    loop_lag = LoopLag(metrics.observe_lag)
+    gc_pauses = GcPauses(metrics.observe_gc)
+    app[LAG] = loop_lag
+
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
-        tasks = [supervisor.spawn("watchdog", watchdog.run), supervisor.spawn("health", health.run)]
+        tasks = [
+            supervisor.spawn("watchdog", watchdog.run),
+            supervisor.spawn("health", health.run),
+            supervisor.spawn("loop-lag", loop_lag.run),
+        ]
+        gc_pauses.install()
         warmup.schedule_all()
         yield
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        gc_pauses.remove()
         await warmup.close()
 
     app.cleanup_ctx.append(lifetime)

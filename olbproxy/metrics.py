@@ -54,6 +54,8 @@ DURATION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800
 QUEUE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 THROUGHPUT_BUCKETS = (1, 2, 5, 10, 20, 30, 40, 50, 60, 80, 100, 150, 200, 300, 500, 1000, 5000)
+# The proxy's own stalls: a millisecond is noticed, 50 ms is a problem for every stream.
+LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 # Optional sources, read at scrape time. Auth failures by reason (the authenticator's
 # Counter); the persistence backlog by stage, e.g. {"queue": 3, "spool": 120}.
@@ -144,8 +146,31 @@ class Metrics:
             ("group", "backend", "model"),
             registry=reg,
         )
+        self.loop_lag = Histogram(
+            "olbproxy_event_loop_lag_seconds",
+            "How late the event loop woke a 50 ms sleeper: the proxy's own stalls, felt by "
+            "every stream at once.",
+            buckets=LAG_BUCKETS,
+            registry=reg,
+        )
+        self.gc_pauses = Histogram(
+            "olbproxy_gc_pause_seconds",
+            "Garbage collections of CPython and how long each held the event loop.",
+            ("generation",),
+            buckets=LAG_BUCKETS,
+            registry=reg,
+        )
+        self._gc_children = [self.gc_pauses.labels(str(g)) for g in range(3)]
         self._handler = make_aiohttp_handler(self.registry)
         self._children: dict[tuple[Counter | Histogram, tuple[str, ...]], Any] = {}
+
+    # -- the proxy's own stalls (lag.py) ---------------------------------------------
+
+    def observe_lag(self, seconds: float) -> None:
+        self.loop_lag.observe(seconds)
+
+    def observe_gc(self, generation: int, seconds: float) -> None:
+        self._gc_children[min(max(generation, 0), 2)].observe(seconds)
 
     # -- per exchange ---------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from aiohttp import web
 from olbproxy import config
 from olbproxy.app import create_app, reload_routing
 from olbproxy.errors import ConfigError, StartupError
+from olbproxy.lag import settle_garbage
 from olbproxy.settings import Settings
 from olbproxy.tls import server_context
 
@@ -63,6 +64,8 @@ async def serve(
     except BaseException:
         await runner.cleanup()  # closes what the app's start opened (store, session)
         raise
+    # Start-up's objects (modules, routes, settings) stay out of every later collection.
+    settle_garbage()
     addresses = [_address(s, tls=ssl_context is not None) for s in runner.addresses]
     for note in settings.notices:
         log.warning("%s", note)

@@ -14,11 +14,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from conftest import browser_missing
 from identity import PASSWORD, Site
+
+if TYPE_CHECKING:
+    from playwright.async_api import ViewportSize
 
 from olbproxy.store import Room
 
@@ -36,8 +39,8 @@ __all__ = ["expect"]
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 # Chromium on a busy 2-core machine: give the page time before calling it wrong.
 expect.set_options(timeout=10_000)
-DESKTOP = {"width": 1280, "height": 820}
-PHONE = {"width": 390, "height": 844}
+DESKTOP: ViewportSize = {"width": 1280, "height": 820}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
 @dataclass
@@ -69,7 +72,7 @@ async def open_ui(
     site: Site,
     *,
     locale: str = "en-US",
-    viewport: dict[str, int] | None = None,
+    viewport: ViewportSize | None = None,
     context: Any = None,
     path: str = "/ui/",
 ) -> Browsing:

@@ -1,0 +1,85 @@
+"""Lag: the proxy's own stalls, measured where they happen.
+
+Every stream shares one event loop: whatever holds it (a garbage collection, a big
+record being built, a slow log handler) delays every token of every user at once, and
+no metric of Ollama's would show it. Two measurements, both cheap:
+
+* ``LoopLag.run`` sleeps ``interval`` again and again and notes how late it woke up: the
+  loop's lag, as a client of the loop sees it (a histogram, and the worst since start);
+* ``GcPauses`` times each collection of CPython's garbage collector by generation
+  (``gc.callbacks``): the stalls no request caused and every request paid for.
+
+``settle_garbage`` is called once the proxy has started: everything allocated so far
+(modules, routes, settings, caches) is moved out of the collector's sight with
+``gc.freeze()``, so that later full collections walk only what requests create.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from collections.abc import Callable
+from typing import Any
+
+Observe = Callable[[float], None]
+ObserveGc = Callable[[int, float], None]
+
+# Allocations between two generation-0 collections. CPython's default (700) makes a
+# steady stream of exchanges collect hundreds of times a second; each collection also
+# walks whatever survived into generation 0 since the last. Measured with the benchmark's
+# TTFT scenario (README, "Benchmark"): 10,000 keeps collections short and rare.
+GEN0_THRESHOLD = 10_000
+
+
+class LoopLag:
+    """How late the loop wakes a sleeper: its lag as any callback on it feels it."""
+
+    def __init__(self, observe: Observe, *, interval: float = 0.05) -> None:
+        self.observe = observe
+        self.interval = interval
+        self.worst = 0.0
+
+    async def run(self) -> None:
+        interval = self.interval
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + interval
+            await asyncio.sleep(interval)
+            late = max(0.0, loop.time() - due)
+            if late > self.worst:
+                self.worst = late
+            self.observe(late)
+
+
+class GcPauses:
+    """Times CPython's garbage collections (``gc.callbacks``), by generation."""
+
+    def __init__(self, observe: ObserveGc) -> None:
+        self.observe = observe
+        self._started = 0.0
+        self.installed = False
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.observe(int(info.get("generation", 0)), time.perf_counter() - self._started)
+
+    def install(self) -> None:
+        if not self.installed:
+            gc.callbacks.append(self._callback)
+            self.installed = True
+
+    def remove(self) -> None:
+        if self.installed:
+            gc.callbacks.remove(self._callback)
+            self.installed = False
+
+
+def settle_garbage() -> None:
+    """After start-up: collect once, then keep what exists out of later collections."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GEN0_THRESHOLD, gen1, gen2)
