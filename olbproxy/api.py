@@ -263,7 +263,7 @@ class OllamaApi:
             stream=stream,
             sse=openai and stream,
             marked_end=stream and endpoint in MARKED_END,
-            body=data,
+            request_body=raw,
         )
         request[EXCHANGE] = exchange
         for check in self.preflight:

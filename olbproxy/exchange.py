@@ -56,6 +56,10 @@ class Exchange:
     # A token stream whose end the answer itself marks (done:true, [DONE]): checked with
     # ``complete`` at the end, and spliced (splice.py) when the splice is on.
     marked_end: bool = False
+    # The request body as sent (after an alias's rewrite): bytes, which the garbage
+    # collector never walks, while an exchange waits for the recorder; parsed again
+    # there. ``body`` is for callers that hold a parsed one anyway (tests).
+    request_body: bytes = field(default=b"", repr=False)
     body: dict[str, Any] | None = field(default=None, repr=False)
     id: str = field(default_factory=new_id)
     started_at: float = field(default_factory=time.time)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from olbproxy.exchange import Exchange, assemble, last_lines
 from olbproxy.persistence.history import (
     CHAT_ENDPOINTS,
@@ -171,7 +173,9 @@ def _status(exchange: Exchange, stream_error: str | None) -> tuple[MessageStatus
 
 def record_of(exchange: Exchange, *, store_content: bool) -> Record:
     """The record of a finished exchange; parses its chunks (once, off the request path)."""
-    body = exchange.body or {}
+    body = exchange.body
+    if body is None:
+        body = orjson.loads(exchange.request_body) if exchange.request_body else {}
     endpoint = exchange.endpoint
     answer = assemble(exchange)
     status, error = _status(exchange, answer.error)
