@@ -4,6 +4,9 @@ PY ?= python3
 VENV := .venv
 SECANTUS := .venv-secantus
 RUNTIME := $(VENV)/.runtime-installed
+# Exact versions of everything make installs into .venv (runtime, test tools, client
+# libraries), so that CI and every machine test the same thing. `make lock` rewrites it.
+CONSTRAINTS := constraints.txt
 TESTDEPS := $(VENV)/.test-installed
 # The client libraries of the conformance suite (tests/clients/), pinned in one place each:
 # Python in requirements.txt, ollama-js in js/package-lock.json.
@@ -13,18 +16,18 @@ NODE_CLIENTS := tests/clients/js/node_modules/.package-lock.json
 OPENWEBUI := .venv-openwebui
 OPENWEBUI_PINS := tests/openwebui/requirements.txt
 
-.PHONY: demo test test-ui test-properties test-openwebui lint bench clean
+.PHONY: demo test test-ui test-properties test-openwebui lint lock bench clean
 
 # Each install says what it does first: pip -q is silent for up to two minutes.
-$(RUNTIME): setup.cfg pyproject.toml
+$(RUNTIME): setup.cfg pyproject.toml $(CONSTRAINTS)
 	@test -x $(VENV)/bin/python || { echo "make: creating $(VENV) with $(PY)"; $(PY) -m venv $(VENV); }
 	@echo "make: installing olbproxy and its dependencies into $(VENV) (about a minute the first time)"
-	$(VENV)/bin/pip install -q -e .
+	$(VENV)/bin/pip install -q -c $(CONSTRAINTS) -e .
 	@touch $@
 
 $(TESTDEPS): $(RUNTIME) $(CLIENT_PINS)
 	@echo "make: installing the test tools and the client libraries into $(VENV): pytest, ruff, mypy, ollama, openai, anthropic, langchain, llama-index (a minute or two)"
-	$(VENV)/bin/pip install -q -e '.[test]' -r $(CLIENT_PINS)
+	$(VENV)/bin/pip install -q -c $(CONSTRAINTS) -e '.[test]' -r $(CLIENT_PINS)
 	@touch $@
 
 # ollama-js for tests/clients/test_ollama_js.py. Without npm the JS tests skip and say why
@@ -90,6 +93,16 @@ test-properties: $(TESTDEPS)
 test-ui: $(TESTDEPS) $(SECANTUS)/bin/secantusd-py
 	OLBPROXY_SECANTUSD=$(CURDIR)/$(SECANTUS)/bin/secantusd-py \
 	  $(VENV)/bin/pytest -q tests/ui tests/test_ui_site.py tests/test_console.py
+
+# Resolve the newest versions setup.cfg and the client pins allow, in a fresh venv, and
+# record them: run it to update dependencies, then run `make test` and commit both.
+lock:
+	@echo "make: resolving the dependencies in a fresh venv (a minute or two)"
+	rm -rf .venv-lock && $(PY) -m venv .venv-lock
+	.venv-lock/bin/pip install -q -e '.[test]' -r $(CLIENT_PINS)
+	{ echo "# Exact versions installed by make (make lock rewrites this file)."; \
+	  .venv-lock/bin/pip freeze --exclude-editable | grep -iv '^olbproxy'; } > $(CONSTRAINTS)
+	rm -rf .venv-lock
 
 bench: $(TESTDEPS) $(SECANTUS)/bin/secantusd-py
 	OLBPROXY_SECANTUSD=$(CURDIR)/$(SECANTUS)/bin/secantusd-py $(VENV)/bin/python bench/run.py $(BENCH_ARGS)
