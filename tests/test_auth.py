@@ -29,6 +29,7 @@ from identity import (
 from olbproxy.api import principal_of
 from olbproxy.app import API, AUTHENTICATOR, create_app
 from olbproxy.auth.principal import Principal
+from olbproxy.health import USER_AGENT
 
 ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/api/tags", None),
@@ -67,7 +68,10 @@ async def call(
 def backend_calls(site: Site) -> list[str]:
     """What reached the backends, apart from the health checker's probes."""
     return [
-        r.path for s in (site.small, site.large) for r in s.requests if r.path != "/api/version"
+        r.path
+        for s in (site.small, site.large)
+        for r in s.requests
+        if r.headers.get("User-Agent") != USER_AGENT
     ]
 
 
