@@ -23,7 +23,8 @@ from olbproxy.body import check_limits, is_load_request, model_of, read_json, wa
 from olbproxy.catalog import Catalog
 from olbproxy.errors import MethodNotAllowed, ProxyError, Unavailable, UpstreamError
 from olbproxy.exchange import EXCHANGE, Exchange, final_counters
-from olbproxy.pool import FixedPlacement, Group, Pool, RotatePlacement, SlotPlacement
+from olbproxy.placement import Planner
+from olbproxy.pool import FixedPlacement, Group, Pool, RotatePlacement
 from olbproxy.relay import Deadlines, Relay
 from olbproxy.routing import Router, normalise_model
 from olbproxy.settings import GroupSettings, Settings
@@ -69,6 +70,7 @@ class OllamaApi:
         relay: Relay,
         catalog: Catalog,
         session: aiohttp.ClientSession,
+        planner: Planner,
     ) -> None:
         self.settings = settings
         self.pool = pool
@@ -76,6 +78,7 @@ class OllamaApi:
         self.relay = relay
         self.catalog = catalog
         self.session = session
+        self.planner = planner  # which instance of the group takes a model request
         # Called with every finished model exchange (metrics, persistence); must not block.
         self.observers: list[Observer] = []
         # Awaited before a model request is placed (e.g. room ownership: 403 before any
@@ -184,8 +187,9 @@ class OllamaApi:
             first_byte=gs.first_byte_timeout if stream else gs.total_timeout,
             idle=gs.idle_timeout,
         )
-        placement = SlotPlacement(
-            self.pool, group, normalise_model(model), principal.id, interactive=stream
+        # May pin runner options (new bytes), and hashes the prompt for placement.
+        placement, raw = self.planner.seat(
+            group, normalise_model(model), principal.id, exchange, data, raw, interactive=stream
         )
         try:
             return await self.relay.forward(

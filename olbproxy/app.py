@@ -17,15 +17,18 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from olbproxy.api import OllamaApi
+from olbproxy.api import OllamaApi, principal_of
 from olbproxy.auth.authenticator import Authenticator
 from olbproxy.catalog import Catalog
 from olbproxy.errors import ProxyError, render
+from olbproxy.exchange import EXCHANGE
 from olbproxy.health import HealthChecker
 from olbproxy.management import ModelManagement
 from olbproxy.metrics import Metrics
+from olbproxy.persistence.placements import PlacementFeed
 from olbproxy.persistence.recorder import Recorder
 from olbproxy.persistence.rooms import RoomsApi
+from olbproxy.placement import Planner
 from olbproxy.pool import Backend, Pool
 from olbproxy.relay import Relay
 from olbproxy.routing import Router
@@ -50,6 +53,8 @@ STATUS = web.AppKey("STATUS", Status)
 STORE: web.AppKey[Store] = web.AppKey("STORE")
 AUTHENTICATOR = web.AppKey("AUTHENTICATOR", Authenticator)
 RECORDER = web.AppKey("RECORDER", Recorder)
+PLANNER = web.AppKey("PLANNER", Planner)
+PLACEMENT_FEED = web.AppKey("PLACEMENT_FEED", PlacementFeed)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -144,6 +149,25 @@ def cors_on_prepare(
     return on_prepare
 
 
+PLACEMENT_HEADER = "X-Olbproxy-Placement"
+
+
+def placement_on_prepare(
+    planner: Planner,
+) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """``X-Olbproxy-Placement`` on model answers to admins (``placement.header``)."""
+
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        exchange = request.get(EXCHANGE)
+        if exchange is None or not principal_of(request).is_admin:
+            return
+        value = planner.header(exchange)
+        if value is not None:
+            response.headers[PLACEMENT_HEADER] = value
+
+    return on_prepare
+
+
 async def create_app(settings: Settings) -> web.Application:
     """Build the proxy application; resources start and stop with the app."""
     app = web.Application(
@@ -193,7 +217,10 @@ async def create_app(settings: Settings) -> web.Application:
     health = HealthChecker(pool, session, settings.health, backend_changed)
     app[HEALTH] = health
     catalog = Catalog(pool, router, relay, seconds=settings.health.timeout)
-    api = OllamaApi(settings, pool, router, relay, catalog, session)
+    planner = Planner(pool, settings.placement)
+    app[PLANNER] = planner
+    api = OllamaApi(settings, pool, router, relay, catalog, session, planner)
+    api.observers.append(planner.observe)  # first: learning must not wait for the others
     app[API] = api
     management = ModelManagement(settings, pool, router, relay, session)
 
@@ -227,6 +254,11 @@ async def create_app(settings: Settings) -> web.Application:
     if settings.store.record:
         api.observers.append(recorder.observe)
         api.preflight.append(rooms.preflight)
+        # Where rooms' turns ran, as recorded (by this proxy or another): read back so
+        # that a continuation finds its instance after a restart, or through a replica.
+        feed = PlacementFeed(store.rooms, planner, settings.placement)
+        app[PLACEMENT_FEED] = feed
+        app.cleanup_ctx.append(feed.lifetime)
 
     # -- metrics and status ------------------------------------------------------------
     metrics = Metrics(
@@ -235,6 +267,8 @@ async def create_app(settings: Settings) -> web.Application:
         relay.errors,
         auth_failures=lambda: authenticator.failures,
         backlog=recorder.backlog,
+        planner=planner,
+        cold_load_seconds=settings.placement.cold_load_seconds,
     )
     app[METRICS] = metrics
     if settings.metrics.enabled:
@@ -252,6 +286,8 @@ async def create_app(settings: Settings) -> web.Application:
     # Last: whatever else Ollama serves goes through unchanged.
     app.router.add_route("*", "/{tail:.*}", api.passthrough)
     app.on_response_prepare.append(cors_on_prepare(settings.origins))
+    if settings.placement.header:
+        app.on_response_prepare.append(placement_on_prepare(planner))
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         tasks = [

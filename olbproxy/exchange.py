@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from olbproxy.prompt import Prompt
+
 Outcome = Literal["pending", "done", "cancelled", "error"]
 
 COUNTER_FIELDS = (
@@ -36,6 +38,15 @@ def new_id() -> str:
 
 
 _random = random.Random()
+
+
+@dataclass(slots=True)
+class Placed:
+    """Where placement put an exchange, and why (placement.py)."""
+
+    reason: str  # sticky, prefix, resident, round_robin, cold, fallback_busy
+    prompt: Prompt | None = field(default=None, repr=False)
+    cached_tokens: float = 0.0  # of the prompt, expected to be cached where it went
 
 
 @dataclass(slots=True, eq=False)
@@ -66,6 +77,7 @@ class Exchange:
     background: bool = False
     # Read once from the final chunk after the stream ends (``final_counters``).
     counters: dict[str, Any] = field(default_factory=dict)
+    placed: Placed | None = None
 
     @property
     def ttft(self) -> float | None:

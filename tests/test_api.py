@@ -27,8 +27,8 @@ async def test_root_answers_exactly_like_ollama(seed: Seed) -> None:
         assert resp.status == 200
 
 
-async def test_requests_spread_round_robin_inside_the_group(seed: Seed) -> None:
-    proxy, _small, large = seed
+async def test_requests_spread_round_robin_inside_the_group(seed_round_robin: Seed) -> None:
+    proxy, _small, large = seed_round_robin
     answers = []
     for _ in range(6):
         async with proxy.http.post(proxy.url + "/api/chat", json=CHAT) as resp:
@@ -45,7 +45,7 @@ async def test_a_model_never_reaches_the_other_group(seed: Seed) -> None:
         body = {**CHAT, "model": "gpt-oss:120b"}
         async with proxy.http.post(proxy.url + "/api/chat", json=body) as resp:
             assert resp.status == 200
-    assert [model_requests(s) for s in large] == [2, 2]
+    assert sum(model_requests(s) for s in large) == 4
     assert all(model_requests(s) == 0 for s in small)
 
 

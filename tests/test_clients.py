@@ -40,7 +40,7 @@ async def test_async_generate_stream_and_not(seed: Seed) -> None:
             c async for c in await client.generate(model="gpt-oss:120b", prompt="hi", stream=True)
         ]
         assert chunks[-1].done and chunks[-1].done_reason == "stop"
-        assert all(any(r.path == "/api/generate" for r in s.requests) for s in large)
+        assert any(r.path == "/api/generate" for s in large for r in s.requests)
 
 
 async def test_async_chat_through_the_openai_free_native_api_sets_thinking(seed: Seed) -> None:

@@ -23,7 +23,7 @@ MODELS = {
     "gpt-oss:20b": ModelCosts(prefill=1000.0, decode=500.0, load=20.0, kv_bytes=1024),
     "gpt-oss:120b": ModelCosts(prefill=500.0, decode=250.0, load=40.0, kv_bytes=1024),
 }
-SYSTEM = "You are a careful assistant. " * 200  # ~1,500 tokens
+SYSTEM = "You are a careful assistant. " * 1000  # ~7,300 tokens: 73 ms of prefill here
 
 
 def costs(**overrides: Any) -> CostModel:
@@ -58,7 +58,7 @@ async def test_first_use_loads_the_model_and_a_follow_up_prefills_only_its_new_t
         answer, first = await chat(http, sim, turn)
         assert seconds(first["load_duration"]) == pytest.approx(20.0, rel=0.2)
         whole = first["prompt_eval_count"]
-        assert whole > 1400
+        assert whole > 7000
         assert seconds(first["prompt_eval_duration"]) == pytest.approx(whole / 1000, rel=0.2)
 
         reply = {"role": "assistant", "content": answer}
@@ -69,7 +69,7 @@ async def test_first_use_loads_the_model_and_a_follow_up_prefills_only_its_new_t
     assert second["prompt_eval_count"] > whole
     new = second["prompt_eval_count"] - whole
     assert new < 60
-    assert seconds(second["prompt_eval_duration"]) < 0.2 * seconds(first["prompt_eval_duration"])
+    assert seconds(second["prompt_eval_duration"]) < 0.25 * seconds(first["prompt_eval_duration"])
     report = sim.costs.report() if sim.costs else {}
     assert report["cold_loads"] == 1 and report["requests"] == 2
 
@@ -140,14 +140,14 @@ async def test_an_evicted_prompt_comes_back_from_the_host_ram_cache(
 ) -> None:
     (sim,) = await start_sims(1, costs=costs(), answer_tokens=5)
     async with aiohttp.ClientSession() as http:
-        one = [{"role": "system", "content": "one " * 2000}, {"role": "user", "content": "x"}]
-        two = [{"role": "system", "content": "two " * 2000}, {"role": "user", "content": "x"}]
+        one = [{"role": "system", "content": "one " * 8000}, {"role": "user", "content": "x"}]
+        two = [{"role": "system", "content": "two " * 8000}, {"role": "user", "content": "x"}]
         answer, _ = await chat(http, sim, one)
         await chat(http, sim, two)  # takes the only slot: `one` goes to host RAM
         follow = [*one, {"role": "assistant", "content": answer}, {"role": "user", "content": "y"}]
         _, back = await chat(http, sim, follow)
-    assert back["prompt_eval_count"] > 2000
-    assert seconds(back["prompt_eval_duration"]) < 1.0  # a miss: ~2 s (2,000 tokens)
+    assert back["prompt_eval_count"] > 8000
+    assert seconds(back["prompt_eval_duration"]) < 3.0  # a miss: ~8 s (8,000 tokens)
 
 
 async def test_without_a_cost_model_answers_are_as_before(start_sims: StartSims) -> None:
