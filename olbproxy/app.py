@@ -218,6 +218,7 @@ async def create_app(settings: Settings) -> web.Application:
     app[HEALTH] = health
     catalog = Catalog(pool, router, relay, seconds=settings.health.timeout)
     planner = Planner(pool, settings.placement)
+    planner.load_ahead = lambda backend, group, model: warmup.ahead(backend, group.settings, model)
     app[PLANNER] = planner
     api = OllamaApi(settings, pool, router, relay, catalog, session, planner)
     api.observers.append(planner.observe)  # first: learning must not wait for the others

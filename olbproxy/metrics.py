@@ -330,6 +330,8 @@ class LiveState:
             families["prefill"].add_metric((group, backend), seconds)
         for (group, backend), seconds in sorted(planner.saved_seconds.items()):
             families["saved"].add_metric((group, backend), seconds)
+        for (group, backend), count in sorted(planner.loads_ahead.items()):
+            families["ahead"].add_metric((group, backend), count)
         for backend, model, rates in planner.learned.table():
             for phase, estimate in (("prefill", rates.prefill), ("decode", rates.decode)):
                 if (value := estimate.value) is not None:
@@ -398,6 +400,11 @@ class LiveState:
                 "olbproxy_prefill_saved_seconds",
                 "Prompt evaluation the instances' caches saved, estimated: every prompt "
                 "token at the learned rate, less the time actually spent.",
+                labels=("group", "backend"),
+            ),
+            "ahead": CounterMetricFamily(
+                "olbproxy_loads_ahead",
+                "Models loaded on an idle instance because every warm one was busy.",
                 labels=("group", "backend"),
             ),
             "rates": GaugeMetricFamily(

@@ -63,6 +63,7 @@ MIN_PREFIX_TOKENS = 256  # a shorter shared prefix saves less than it would unba
 TIE = 0.15  # costs within 15 % of the cheapest are equal
 INDEX_SIZE = 200_000  # boundary hashes remembered, least recently used out
 RECHECK = 0.5  # of the expected wait: when a request that chose to wait looks again
+BALANCE = 1.5  # work ratio beyond which a shared prefix no longer draws new conversations
 
 
 @dataclass(slots=True)
@@ -140,6 +141,7 @@ class Option:
     kind: str  # sticky, prefix or ""
     free: bool
     resident: bool
+    loading: bool = False  # not resident, but a load is under way
 
 
 @dataclass(slots=True)
@@ -164,10 +166,18 @@ class Planner:
         self.waiting: dict[object, str] = {}  # a waiting request -> the instance it waits for
         self._stored: Counter[tuple[str, str]] = Counter()  # prompt tokens per instance, model
         self._cursors: dict[tuple[str, str], int] = {}
+        # Seconds of work each instance has done (load, prefill, decode): equally good
+        # instances take new work least busy first, so a day's work spreads evenly.
+        self.work: dict[str, float] = {}
+        # Loads started ahead of need, (backend, model) -> when (see ``_ahead``).
+        self.loading: dict[tuple[str, str], float] = {}
+        # Starts a load of a model on an instance (the app wires it to warmup.py).
+        self.load_ahead: Callable[[Backend, Group, str], None] | None = None
         # For the metrics, read at scrape time.
         self.placements: Counter[tuple[str, str]] = Counter()  # (group, reason)
         self.prefill_seconds: dict[tuple[str, str], float] = {}  # (group, backend)
         self.saved_seconds: dict[tuple[str, str], float] = {}
+        self.loads_ahead: Counter[tuple[str, str]] = Counter()  # (group, backend)
 
     # -- for the request path --------------------------------------------------------------
 
@@ -209,17 +219,68 @@ class Planner:
         sticky = next((o for o in options if o.kind == "sticky" and o.free), None)
         if sticky is not None:
             return Decision(sticky.backend, "sticky", sticky)
-        cheapest = min(o.cost for o in options)
-        tied = [o for o in options if o.cost <= cheapest * (1 + TIE) + 1e-9]
-        free = [o for o in tied if o.free]
-        if not free:
-            best = min(tied, key=lambda o: o.cost)
+        best = min(options, key=lambda o: o.cost)
+        if not best.free:
+            # Waiting is cheapest: re-reading a prompt elsewhere would also take GPU time
+            # from everyone else, so a free instance must be cheaper, not about as cheap.
             recheck = None
             if any(o.free for o in options):
                 recheck = max(best.wait * RECHECK, 1e-3)
+            self._ahead(group, model, options)
             return Decision(None, option=best, recheck=recheck)
+        free = [o for o in options if o.free and o.cost <= best.cost * (1 + TIE) + 1e-9]
         chosen = self._next(group, model, free)
-        return Decision(chosen.backend, self._reason(chosen, options), chosen)
+        chosen = self._balanced(chosen, options)
+        reason = self._reason(chosen, options)
+        if log.isEnabledFor(logging.DEBUG):
+            seen = ", ".join(
+                f"{o.backend.label} {o.cost:.3f}s{'' if o.free else ' busy'}"
+                f"{' resident' if o.resident else ' loading' if o.loading else ' cold'}"
+                f"{' ' + o.kind if o.kind else ''}"
+                for o in options
+            )
+            log.debug("%s to %s (%s): %s", model, chosen.backend.label, reason, seen)
+        return Decision(chosen.backend, reason, chosen)
+
+    def _balanced(self, chosen: Option, options: list[Option]) -> Option:
+        """A new conversation drawn by a shared prefix (a system prompt, a tool list) goes
+        to the least busy warm instance instead, when the holder has done more than
+        ``BALANCE`` times its work: one prefill of the shared part there, and from then on
+        that instance holds it too. Without this the first instance to hold a popular
+        prefix would collect every conversation that uses it. Continuations stay sticky."""
+        if chosen.kind != "prefix":
+            return chosen
+        idle = [o for o in options if o.free and o.resident and o is not chosen]
+        if not idle:
+            return chosen
+        least = min(idle, key=lambda o: self.work.get(o.backend.label, 0.0))
+        mine = self.work.get(chosen.backend.label, 0.0)
+        if mine > BALANCE * self.work.get(least.backend.label, 0.0) + 1e-9:
+            return least
+        return chosen
+
+    def _ahead(self, group: Group, model: str, options: list[Option]) -> None:
+        """A request waits because every warm instance is full: load the model on an idle
+        one for what comes next.
+
+        The request at hand still waits where that costs least; but demand that fills
+        the warm instances will come again, and a load paid once serves it for the rest
+        of the instance's keep_alive. One load under way per group and model at a time.
+        """
+        warm = [o for o in options if o.resident]
+        if self.load_ahead is None or not warm or any(o.free for o in warm):
+            return
+        if any(o.loading for o in options):
+            return
+        spare = [o for o in options if o.free and not o.resident]
+        if not spare:
+            return
+        backend = spare[0].backend
+        self.loading[backend.label, model] = time.monotonic()
+        self.loads_ahead[group.name, backend.label] += 1
+        log.info("group %s: every warm instance is busy; loading %s on %s", group.name,
+                 model, backend.label)  # fmt: skip
+        self.load_ahead(backend, group, model)
 
     def _options(
         self,
@@ -253,6 +314,12 @@ class Planner:
             resident = backend.is_resident(model, wall)
             load = 0.0 if resident else self.learned.load(label, model)
             running = [t.started for t in self.tickets.get(label, ()) if t.model == model]
+            ahead = self.loading.get((label, model))
+            if ahead is not None:
+                if resident or now - ahead > 3 * load + 1.0:
+                    del self.loading[label, model]  # done (or given up on)
+                elif not resident:
+                    running.append(ahead)
             if running and not resident:
                 # Loading for someone else already: only what is left of that load.
                 load = max(load - (now - min(running)), 0.0)
@@ -269,9 +336,9 @@ class Planner:
             free = backend.has_slot(model)
             wait = 0.0 if free else self._wait(backend, model, me, now)
             prefill = max(total - cached, 0.0) / self.learned.prefill(label, model)
-            options.append(
-                Option(backend, wait + load + prefill, wait, cached, kind, free, resident)
-            )
+            cost = wait + load + prefill
+            loading = bool(running) and not resident
+            options.append(Option(backend, cost, wait, cached, kind, free, resident, loading))
         return options
 
     def _valid(self, backend: Backend, model: str, stamp: Stamp) -> bool:
@@ -282,20 +349,32 @@ class Planner:
         return self._stored[backend.label, model] - stamp.stored <= self.settings.cache_tokens
 
     def _next(self, group: Group, model: str, free: list[Option]) -> Option:
-        """Round-robin among equally good options, in the group's order."""
+        """Among equally good options: warm before loading before cold, then the one that
+        has worked least, then round-robin in the group's order (alike requests
+        alternate, since each adds its work)."""
         order = {b: i for i, b in enumerate(group.backends)}
         cursor = self._cursors.get((group.name, model), 0)
         n = max(len(group.backends), 1)
-        chosen = min(free, key=lambda o: (order[o.backend] - cursor) % n)
+        work = self.work
+        chosen = min(
+            free,
+            key=lambda o: (
+                0 if o.resident else 1 if o.loading else 2,  # cold instances last
+                work.get(o.backend.label, 0.0),
+                (order[o.backend] - cursor) % n,
+            ),
+        )
         self._cursors[group.name, model] = (order[chosen.backend] + 1) % n
         return chosen
 
     @staticmethod
     def _reason(chosen: Option, options: list[Option]) -> str:
-        if chosen.kind:
-            return chosen.kind
+        if chosen.kind == "sticky":
+            return "sticky"
         if any(o.kind and not o.free and o.cached > chosen.cached for o in options):
             return "fallback_busy"
+        if chosen.kind:
+            return chosen.kind
         return "resident" if chosen.resident else "cold"
 
     def _wait(self, backend: Backend, model: str, me: object, now: float) -> float:
@@ -376,7 +455,14 @@ class Planner:
             saved[group, label] = saved.get((group, label), 0.0) + max(
                 full - sample.prompt_seconds, 0.0
             )
-        self._stored[label, model] += sample.prompt_tokens + sample.answer_tokens
+        # What the instance's caches gained: a continuation replaces its own earlier
+        # prompt (a prefix of the new one), anything else adds a whole prompt.
+        gained = sample.prompt_tokens + sample.answer_tokens
+        if placed.reason == "sticky":
+            gained -= min(int(placed.cached_tokens), sample.prompt_tokens)
+        self._stored[label, model] += gained
+        done = sample.prompt_seconds + sample.answer_seconds + ((load or 0.0) if cold else 0.0)
+        self.work[label] = self.work.get(label, 0.0) + done
         if prompt is not None:
             epoch = backend.epochs.get(model, 0)
             self.index.record(prompt, label, epoch, self._stored[label, model])

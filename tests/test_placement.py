@@ -124,6 +124,9 @@ def test_a_long_shared_system_prompt_draws_new_conversations_to_where_it_is_cach
     first = conversation("first", system=LONG_SYSTEM)
     holder = group.backends[1]
     finish(planner, holder, first)
+    for backend in group.backends:  # every instance has done as much work
+        if backend is not holder:
+            finish(planner, backend, conversation("other work", system=LONG_SYSTEM[::-1]))
     decision = place(planner, group, conversation("someone else asks", system=LONG_SYSTEM))
     assert (decision.backend, decision.reason) == (holder, "prefix")
     assert decision.option is not None and decision.option.cached > 1500
@@ -132,6 +135,22 @@ def test_a_long_shared_system_prompt_draws_new_conversations_to_where_it_is_cach
     finish(planner, holder, short)
     chosen = [place(planner, group, conversation(f"q{i}", system="Be brief.")) for i in range(3)]
     assert {d.reason for d in chosen} == {"resident"}
+
+
+def test_a_shared_prefix_stops_drawing_new_conversations_to_a_much_busier_instance() -> None:
+    group, planner = make(backends=2)
+    warm(*group.backends)
+    holder, other = group.backends
+    for i in range(3):  # the holder has done three conversations' work, the other one's
+        finish(planner, holder, conversation(f"early {i}", system=LONG_SYSTEM))
+    finish(planner, other, conversation("x " * 2000))
+    decision = place(planner, group, conversation("a new one", system=LONG_SYSTEM))
+    assert (decision.backend, decision.reason) == (other, "resident")
+    # Its next turn stays where it went: continuations are never moved for balance.
+    assert decision.backend is not None
+    finish(planner, decision.backend, conversation("a new one", system=LONG_SYSTEM))
+    follow = place(planner, group, conversation("a new one", "ok", "more", system=LONG_SYSTEM))
+    assert (follow.backend, follow.reason) == (other, "sticky")
 
 
 def test_a_cold_instance_gets_nothing_while_a_warm_one_has_a_free_slot() -> None:
@@ -163,6 +182,26 @@ def test_a_busy_warm_instance_is_waited_for_unless_loading_elsewhere_is_sooner(
         assert (decision.backend, decision.reason) == (cold_one, "cold")
 
 
+def test_a_request_waiting_for_full_warm_instances_has_an_idle_one_loaded_ahead() -> None:
+    group, planner = make(backends=3, slots=1)
+    warm_one, idle, other = group.backends
+    warm(warm_one)
+    asked: list[tuple[str, str]] = []
+    planner.load_ahead = lambda backend, _group, model: asked.append((backend.label, model))
+    finish(planner, warm_one, conversation("x " * 200), answer=50, load=20.0)
+    assert asked == []  # a free warm slot: nothing to load
+    busy(planner, place(planner, group, conversation("running")), answer=50)
+    first = place(planner, group, conversation("next"))
+    second = place(planner, group, conversation("and another"))
+    assert first.backend is None and second.backend is None  # both wait for the warm one
+    assert asked == [(idle.label, M)]  # one load, while it is under way no other
+    assert other.label not in {label for label, _ in asked}
+    # Once loaded (and seen so), the next request goes there rather than waiting.
+    warm(idle)
+    after = place(planner, group, conversation("later"))
+    assert (after.backend, after.reason) == (idle, "resident")
+
+
 @pytest.mark.parametrize(
     ("history", "running", "expected"),
     [
@@ -184,6 +223,7 @@ def test_a_busy_sticky_instance_is_left_only_when_waiting_costs_more(
     finish(planner, other, conversation("teach the other instance its rates"), answer=running)
     # The sticky instance is busy with an answer of ``running`` tokens just begun.
     planner._cursors.clear()
+    planner.work.clear()
     blocker = place(planner, group, conversation("blocker"))
     assert blocker.backend is sticky
     busy(planner, blocker, answer=running)

@@ -257,16 +257,18 @@ class Runner:
         if best == 0:
             slot = min(free, key=lambda s: s.used_at)
         slot.busy = True
+        if best < len(slot.content):
+            self.save(slot.content)  # about to be overwritten past the shared part
         from_ram = max(
             ((common_prefix(c, prompt), i) for i, c in enumerate(self.ram)), default=(0, -1)
         )
         if from_ram[0] > best:
-            restored = self.ram.pop(from_ram[1])
-            self.save(slot.content)
-            slot.content = restored
+            # Restored by copying: the cached prompt stays (most recently used), and
+            # goes once a prompt extending it is saved in its place.
+            entry = self.ram.pop(from_ram[1])
+            self.ram.append(entry)
+            slot.content = entry
             best = from_ram[0]
-        elif best < len(slot.content):
-            self.save(slot.content)  # about to be overwritten past the shared part
         return slot, best
 
 
@@ -283,6 +285,9 @@ class InstanceStats:
     cold_loads: int = 0
     cold_loads_while_warm_free: int = 0  # another instance had the model warm and a free slot
     reloads: int = 0  # cold loads caused by different runner options
+    # When each cold load began (seconds since the instance started, wall), and whether
+    # another instance had the model warm with a free slot then.
+    loads: list[tuple[float, bool]] = field(default_factory=list)
 
     @property
     def busy_seconds(self) -> float:
@@ -315,6 +320,7 @@ class Instance:
         self.machine.instances.append(self)
         self.runners: dict[str, Runner] = {}
         self.stats = InstanceStats()
+        self.began = time.monotonic()
         self._scheduler = asyncio.Lock()
 
     def scaled(self, seconds: float) -> float:
@@ -349,8 +355,9 @@ class Instance:
     async def _load(self, model: SimulatedModel, options: tuple[tuple[str, Any], ...]) -> Runner:
         costs = self.model.of(model.name)
         self.stats.cold_loads += 1
-        if self.machine.warm_elsewhere(self, model.name):
-            self.stats.cold_loads_while_warm_free += 1
+        warm_free = self.machine.warm_elsewhere(self, model.name)
+        self.stats.cold_loads_while_warm_free += warm_free
+        self.stats.loads.append((round(time.monotonic() - self.began, 3), warm_free))
         seconds = self.scaled(costs.load)
         await asyncio.sleep(seconds)
         self.stats.load_seconds += seconds
@@ -365,8 +372,9 @@ class Instance:
         self.sim.context_lengths[model.name] = runner.num_ctx
         return runner
 
-    def default_options(self) -> tuple[tuple[str, Any], ...]:
-        return _options({}, self.model.num_ctx)
+    def options_of(self, options: object) -> tuple[tuple[str, Any], ...]:
+        """The runner options a request with these ``options`` needs."""
+        return _options({"options": options}, self.model.num_ctx)
 
     def leave(self, model: SimulatedModel, runner: Runner, keep_alive: float | None) -> None:
         runner.users -= 1

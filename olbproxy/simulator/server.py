@@ -322,11 +322,13 @@ class OllamaSimulator:
         self._in_use[name] = self._in_use.get(name, 0) + 1
         self.loaded.setdefault(name, time.monotonic() + DEFAULT_KEEP_ALIVE)
 
-    async def load(self, model: SimulatedModel, keep_alive: float | None) -> None:
+    async def load(
+        self, model: SimulatedModel, keep_alive: float | None, options: object = None
+    ) -> None:
         """Make ``model`` resident, paying ``cold_load_delay`` once; marks it in use."""
         if self.costs is not None:
             # The cost model loads (and reloads) on its own terms; the caller releases.
-            runner = await self.costs.runner(model, self.costs.default_options())
+            runner = await self.costs.runner(model, self.costs.options_of(options))
             runner.users -= 1
             if runner.users == 0:
                 runner.idle.set()
