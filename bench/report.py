@@ -182,7 +182,7 @@ def markdown(
         f"Run {header['started']} on {header['machine']}, {header['wall_seconds']:.0f} s: "
         f"`{header['command']}`",
         "",
-        *table(scenarios, targets, results),
+        *(table(scenarios, targets, results) if scenarios else []),
         "",
     ]
     setup = [f"- {name}: {text}" for name, text in header.get("setup", {}).items()]
@@ -196,7 +196,7 @@ def markdown(
     if found:
         parts += ["Notes (bottlenecks, errors, skips):", "", *found, ""]
     if verdicts is not None:
-        parts += ["Goals (issue 7):", "", *verdict_lines(verdicts), ""]
+        parts += ["Goals (issues 7 and 12):", "", *verdict_lines(verdicts), ""]
     return "\n".join(parts)
 
 
@@ -227,6 +227,7 @@ def write(
     measurements: Sequence[Measurement],
     verdicts: Sequence[Verdict] | None,
     text: str,
+    extra: Sequence[Mapping[str, Any]] = (),
 ) -> tuple[Path, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     stamp = str(header["started"]).replace(":", "").replace("-", "").replace("T", "-")[:15]
@@ -237,6 +238,8 @@ def write(
             out.write(json.dumps({"type": "measurement", **asdict(m)}) + "\n")
         for v in verdicts or ():
             out.write(json.dumps({"type": "goal", **asdict(v)}) + "\n")
+        for record in extra:
+            out.write(json.dumps(record) + "\n")
     md.write_text(text + "\n")
     (directory / "latest.md").write_text(text + "\n")
     return jsonl, md

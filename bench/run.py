@@ -1,7 +1,8 @@
-"""Benchmark olbproxy against the simulators direct, a minimal aiohttp proxy and nginx.
+"""Benchmark olbproxy against the simulators direct, a minimal aiohttp proxy and nginx,
+and its placement on a team's working day (teamday.py: round_robin against cache_aware).
 
-    .venv/bin/python bench/run.py [--quick] [--only a1000,ttft] [--targets direct,proxy]
-                                  [--check] [--no-install]
+    .venv/bin/python bench/run.py [--quick] [--only a1000,ttft,teamday]
+                                  [--targets direct,proxy] [--check] [--no-install]
 
 One run on one machine: for each scenario (see scenarios.py) the simulators start with
 the pacing it needs, then each target in turn is started fresh in front of them, loaded
@@ -34,7 +35,7 @@ from collections.abc import Sequence
 from itertools import groupby
 from typing import Any
 
-from bench import goals, profiles, report
+from bench import goals, profiles, report, teamday
 from bench.backends import Backends
 from bench.load import wrk_binary
 from bench.processes import BenchError, quiet
@@ -53,6 +54,7 @@ ALIASES = {
     "e": ("whole",),
     "f": ("idle",),
 }
+TEAMDAY = "teamday"  # issue 12's scenario: its own simulators and proxies (teamday.py)
 RESULTS = REPO / "bench" / "results"
 
 
@@ -65,10 +67,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only",
         default="",
         help="comma-separated scenarios: a100,a1000,a2000,ttft,gaps,whole,idle "
-        "(or the issue's letters a-f)",
+        "(or issue 7's letters a-f), teamday (issue 12)",
     )
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated targets")
-    parser.add_argument("--check", action="store_true", help="compare with issue 7's goals")
+    parser.add_argument(
+        "--check", action="store_true", help="compare with the goals of issues 7 and 12"
+    )
     parser.add_argument(
         "--no-install", action="store_true", help="never apt-get install wrk and nginx"
     )
@@ -94,19 +98,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def selected(only: str, quick: bool) -> list[Scenario]:
+def selected(only: str, quick: bool) -> tuple[list[Scenario], bool]:
+    """The scenarios of issue 7 to run, and whether to run the team day."""
     everything = scenarios(quick)
     if not only.strip():
-        return everything
+        return everything, True
     wanted: set[str] = set()
+    day = False
     for word in only.split(","):
         word = word.strip()
+        if word == TEAMDAY:
+            day = True
+            continue
         keys = ALIASES.get(word, (word,))
         unknown = [k for k in keys if k not in {s.key for s in everything}]
         if unknown:
             raise SystemExit(f"bench: unknown scenario {word!r}; see --help")
         wanted.update(keys)
-    return [s for s in everything if s.key in wanted]
+    return [s for s in everything if s.key in wanted], day
 
 
 def install_tools(allowed: bool) -> None:
@@ -218,13 +227,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
-    chosen = selected(args.only, args.quick)
-    names = [n.strip() for n in args.targets.split(",") if n.strip()]
-    if "direct" not in names:
+    chosen, day = selected(args.only, args.quick)
+    names = [n.strip() for n in args.targets.split(",") if n.strip()] if chosen else []
+    if chosen and "direct" not in names:
         print("bench: without `direct` no ratio can be computed; adding it")
         names.insert(0, "direct")
-    install_tools(not args.no_install)
-    raise_file_limit(3 * max(s.connections for s in chosen) + 1000)
+    if chosen:
+        install_tools(not args.no_install)
+    raise_file_limit(3 * max((s.connections for s in chosen), default=0) + 1000)
     use_wrk = wrk_binary() is not None and not args.no_wrk
     if not use_wrk:
         why = "--no-wrk" if args.no_wrk else "wrk is not installed"
@@ -244,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"bench: work directory {work}; targets {', '.join(t.name for t in targets)}")
 
     results: dict[tuple[str, str], Measurement] = {}
+    days: list[teamday.Run] = []
     ctx = Context(work, env, None, use_wrk, args.sim_processes * args.sim_ports, [])
     if args.profile:
         if profiles.binary() is None:
@@ -308,11 +319,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         results[scenario.key, target.name] = m
             finally:
                 backends.stop()
+        if day:
+            days = teamday.run(work, env)
     except KeyboardInterrupt:
         print("bench: interrupted; reporting what was measured")
     except BenchError as error:
         print(f"bench: could not run: {error}", file=sys.stderr)
-        if not results:
+        if not results and not days:
             return 1
     finally:
         persistence = proxy.persistence() if proxy is not None else ""
@@ -321,10 +334,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             target.close()
 
     header = run_header(args, (stamp, started), targets, proxy, persistence, ctx)
-    verdicts = goals.check(results) if args.check else None
+    verdicts = None
+    if args.check:
+        verdicts = (goals.check(results) if chosen else []) + (teamday.goals(days) if day else [])
     text = report.markdown(header, chosen, [t.name for t in targets], results, verdicts)
     text += report.profile_sections(results)
-    jsonl, md = report.write(RESULTS, header, list(results.values()), verdicts, text)
+    if days:
+        text += "\n" + "\n".join(teamday.markdown(days)) + "\n"
+    extra = teamday.records(days)
+    jsonl, md = report.write(RESULTS, header, list(results.values()), verdicts, text, extra)
     print()
     print(text)
     print(f"bench: results in {md.relative_to(REPO)} and {jsonl.relative_to(REPO)}")

@@ -6,6 +6,11 @@ tag tasks). A freed slot goes to the next user in rotation, and within that user
 turn to the interactive lane first, so one user's burst cannot starve the others.
 A waiter that cannot be served any more (its client left, its wait timed out, every
 backend it may use went down) leaves the queue at once.
+
+Which backend a request takes is asked of its ``choose`` (placement.py: the one where
+its prompt is cached, unless waiting there costs more), or is the group's next free
+one in round-robin order. A chooser may decline a free slot to wait for a better one;
+it then asks for a fresh look later (``wake_in``), since no slot freeing may prompt one.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict, deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,6 +26,9 @@ from olbproxy.errors import Unavailable
 
 if TYPE_CHECKING:
     from olbproxy.pool import Backend, Group
+
+# A backend with a free slot for the request (not one of those excluded), or None: wait.
+Choose = Callable[[Collection["Backend"]], "Backend | None"]
 
 
 @dataclass(eq=False)
@@ -30,6 +38,7 @@ class Waiter:
     interactive: bool
     exclude: Collection[Backend]
     future: asyncio.Future[Backend] = field(repr=False)
+    choose: Choose | None = field(default=None, repr=False)
     since: float = field(default_factory=time.monotonic)
 
 
@@ -41,6 +50,7 @@ class Admission:
         self._users: OrderedDict[str, tuple[deque[Waiter], deque[Waiter]]] = OrderedDict()
         self.waiting = 0
         self.closed: str | None = None
+        self._wake: asyncio.TimerHandle | None = None
 
     async def acquire(
         self,
@@ -49,12 +59,15 @@ class Admission:
         user: str,
         interactive: bool,
         exclude: Collection[Backend] = (),
+        choose: Choose | None = None,
     ) -> Backend:
-        """Take a slot for ``model`` on a backend not in ``exclude``; wait if none is free."""
+        """Take a slot for ``model`` on a backend not in ``exclude``; wait if none is free
+        (or if ``choose`` would rather wait for a busy one)."""
         group = self.group
         if self.closed:
             raise Unavailable(self.closed)
-        backend = group.pick(model, exclude)  # only healthy backends have a free slot
+        # Only healthy backends have a free slot.
+        backend = choose(exclude) if choose is not None else group.pick(model, exclude)
         if backend is not None:
             backend.take(model)
             return backend
@@ -67,7 +80,7 @@ class Admission:
                 f"{limit} requests are already waiting"
             )
         waiter = Waiter(
-            user, model, interactive, exclude, asyncio.get_running_loop().create_future()
+            user, model, interactive, exclude, asyncio.get_running_loop().create_future(), choose
         )
         self._enqueue(waiter)
         timeout = group.settings.queue_timeout
@@ -92,7 +105,10 @@ class Admission:
             for user, lanes in list(self._users.items()):
                 for lane in lanes:
                     for waiter in lane:
-                        backend = group.pick(waiter.model, waiter.exclude)
+                        if waiter.choose is not None:
+                            backend = waiter.choose(waiter.exclude)
+                        else:
+                            backend = group.pick(waiter.model, waiter.exclude)
                         if backend is not None:
                             backend.take(waiter.model)
                             self._remove(waiter)
@@ -111,6 +127,20 @@ class Admission:
                         break
                 if served:
                     break
+
+    def wake_in(self, seconds: float) -> None:
+        """Look at the queue again after ``seconds`` (the soonest such request wins)."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + max(seconds, 0.001)
+        if self._wake is not None and not self._wake.cancelled() and self._wake.when() <= when:
+            return
+        if self._wake is not None:
+            self._wake.cancel()
+        self._wake = loop.call_at(when, self._woken)
+
+    def _woken(self) -> None:
+        self._wake = None
+        self.dispatch()
 
     def close(self, reason: str) -> None:
         """Fail everyone still waiting (the group was removed by a reload)."""

@@ -40,7 +40,8 @@ from olbproxy.catalog import Catalog
 from olbproxy.edge import MATCH, PATH_SAFE, Route, route, upstream_path
 from olbproxy.errors import ProxyError, Unavailable, UpstreamError
 from olbproxy.exchange import EXCHANGE, Exchange, final_counters
-from olbproxy.pool import Backend, FixedPlacement, Group, Pool, RotatePlacement, SlotPlacement
+from olbproxy.placement import Planner
+from olbproxy.pool import Backend, FixedPlacement, Group, Pool, RotatePlacement
 from olbproxy.relay import Deadlines, Relay
 from olbproxy.routing import Router, normalise_model
 from olbproxy.settings import GroupSettings, Settings
@@ -93,12 +94,14 @@ class OllamaApi:
         router: Router,
         relay: Relay,
         catalog: Catalog,
+        planner: Planner,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.router = router
         self.relay = relay
         self.catalog = catalog
+        self.planner = planner  # which instance of the group takes a model request
         self.aliases = Aliases(settings.aliases)
         # /api/show answers by (group, User-Agent, body): (until, content type, bytes).
         self._shown: Bounded[tuple[str, str, bytes], tuple[float, str, bytes]] = Bounded(512)
@@ -309,9 +312,14 @@ class OllamaApi:
             first_byte=gs.first_byte_timeout if stream else gs.total_timeout,
             idle=gs.idle_timeout,
         )
-        placement = SlotPlacement(
-            self.pool, group, normalise_model(model), principal.id, interactive=stream
+        # Placement hashes the prompt, and may pin runner options: then new bytes, which
+        # are what is forwarded and recorded from here on.
+        body = request.get(BODY)
+        placement, pinned = self.planner.seat(
+            group, normalise_model(model), principal.id, exchange, body, raw, interactive=stream
         )
+        if pinned is not raw:
+            raw = request[RAW] = exchange.request_body = pinned
         try:
             return await self.relay.forward(
                 request,

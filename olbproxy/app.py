@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -20,6 +20,7 @@ from olbproxy.api import OllamaApi
 from olbproxy.audit import AuditTrail
 from olbproxy.auth.authenticator import Authenticator
 from olbproxy.auth.console import Console
+from olbproxy.auth.principal import principal_of
 from olbproxy.catalog import Catalog
 from olbproxy.edge import (
     Edge,
@@ -30,12 +31,15 @@ from olbproxy.edge import (
     error_middleware,
     mark_started,
 )
+from olbproxy.exchange import EXCHANGE
 from olbproxy.health import HealthChecker
 from olbproxy.lag import GcPauses, LoopLag
 from olbproxy.management import ModelManagement
 from olbproxy.metrics import Metrics
+from olbproxy.persistence.placements import PlacementFeed
 from olbproxy.persistence.recorder import Recorder
 from olbproxy.persistence.rooms import RoomsApi
+from olbproxy.placement import Planner
 from olbproxy.pool import Backend, Pool
 from olbproxy.relay import Relay
 from olbproxy.routing import Router
@@ -67,6 +71,27 @@ EDGE = web.AppKey("EDGE", Edge)
 AUDIT = web.AppKey("AUDIT", AuditTrail)
 SUPERVISOR = web.AppKey("SUPERVISOR", Supervisor)
 LAG = web.AppKey("LAG", LoopLag)
+PLANNER = web.AppKey("PLANNER", Planner)
+PLACEMENT_FEED = web.AppKey("PLACEMENT_FEED", PlacementFeed)
+
+
+PLACEMENT_HEADER = "X-Olbproxy-Placement"
+
+
+def placement_on_prepare(
+    planner: Planner,
+) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """``X-Olbproxy-Placement`` on model answers to admins (``placement.header``)."""
+
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        exchange = request.get(EXCHANGE)
+        if exchange is None or not principal_of(request).is_admin:
+            return
+        value = planner.header(exchange)
+        if value is not None:
+            response.headers[PLACEMENT_HEADER] = value
+
+    return on_prepare
 
 
 async def create_app(settings: Settings) -> web.Application:
@@ -114,7 +139,11 @@ async def create_app(settings: Settings) -> web.Application:
     health = HealthChecker(pool, upstream, settings.health, backend_changed)
     app[HEALTH] = health
     catalog = Catalog(pool, router, upstream, seconds=settings.health.timeout)
-    api = OllamaApi(settings, pool, router, relay, catalog)
+    planner = Planner(pool, settings.placement)
+    planner.load_ahead = lambda backend, group, model: warmup.ahead(backend, group.settings, model)
+    app[PLANNER] = planner
+    api = OllamaApi(settings, pool, router, relay, catalog, planner)
+    api.observers.append(planner.observe)  # first: learning must not wait for the others
     app[API] = api
     audit = AuditTrail(store, timeout=settings.store.timeout)
     app[AUDIT] = audit
@@ -169,6 +198,11 @@ async def create_app(settings: Settings) -> web.Application:
     if settings.store.record:
         api.observers.append(recorder.observe)
         api.preflight.append(rooms.preflight)
+        # Where rooms' turns ran, as recorded (by this proxy or another): read back so
+        # that a continuation finds its instance after a restart, or through a replica.
+        feed = PlacementFeed(store.rooms, planner, settings.placement)
+        app[PLACEMENT_FEED] = feed
+        app.cleanup_ctx.append(feed.lifetime)
 
     # -- metrics and status ------------------------------------------------------------
     metrics = Metrics(
@@ -177,6 +211,8 @@ async def create_app(settings: Settings) -> web.Application:
         relay.errors,
         auth_failures=lambda: authenticator.failures,
         backlog=recorder.backlog,
+        planner=planner,
+        cold_load_seconds=settings.placement.cold_load_seconds,
     )
     app[METRICS] = metrics
     if settings.metrics.enabled:
@@ -203,6 +239,8 @@ async def create_app(settings: Settings) -> web.Application:
     app.router.add_route("*", r"/{path:[\s\S]*}", edge.dispatch)
     app.on_response_prepare.append(mark_started)
     app.on_response_prepare.append(cors_on_prepare(settings.origins))
+    if settings.placement.header:
+        app.on_response_prepare.append(placement_on_prepare(planner))
 
     loop_lag = LoopLag(metrics.observe_lag)
     gc_pauses = GcPauses(metrics.observe_gc)

@@ -84,9 +84,7 @@ class Catalog:
     async def ps(self, allowed: Allowed) -> dict[str, Any]:
         answers = await self._gather("/api/ps", self._backends(allowed))
         for backend, answer in answers.items():
-            backend.loaded = tuple(
-                str(m.get("name")) for m in answer.get("models") or [] if isinstance(m, dict)
-            )
+            backend.note_ps(answer)
         models = list(self._models(answers, allowed).values())
         models.sort(key=lambda m: str(m.get("expires_at", "")), reverse=True)
         return {"models": models}

@@ -36,6 +36,8 @@ from olbproxy.settings import (
     GroupSettings,
     HealthSettings,
     MetricsSettings,
+    PinnedOptions,
+    PlacementSettings,
     RelaySettings,
     RoutesSettings,
     Settings,
@@ -50,6 +52,16 @@ _SECTIONS: dict[str, type] = {
     "metrics": MetricsSettings,
     "routes": RoutesSettings,
     "relay": RelaySettings,
+    "placement": PlacementSettings,
+}
+# Runner options (prompt.RUNNER_OPTIONS) a group may pin, and the type each takes.
+_PINNABLE: dict[str, type] = {
+    "num_ctx": int,
+    "num_batch": int,
+    "num_gpu": int,
+    "main_gpu": int,
+    "num_thread": int,
+    "use_mmap": bool,
 }
 _TOP_KEYS = {
     "listen",
@@ -150,6 +162,21 @@ class _Reader:
             return str(value)
         raise self.fail(key, f"unsupported setting type {kind}")  # pragma: no cover
 
+    def pins(self, key: str, value: Any) -> PinnedOptions:
+        """``pin_options``: a mapping of runner options to the values every request gets."""
+        options = self.mapping(key, value, set(_PINNABLE))
+        pinned: list[tuple[str, int | bool]] = []
+        for name, given in sorted(options.items()):
+            kind = _PINNABLE[name]
+            if kind is bool:
+                pinned.append((name, self.convert(f"{key}.{name}", given, bool)))
+                continue
+            number = self.convert(f"{key}.{name}", given, int)
+            if number < 0 or (name == "num_ctx" and number < 1):
+                raise self.fail(f"{key}.{name}", f"must be a positive number, got {number}")
+            pinned.append((name, number))
+        return tuple(pinned)
+
     def dataclass_fields(
         self, key: str, raw: dict[str, Any], cls: type, skip: frozenset[str] = frozenset()
     ) -> dict[str, Any]:
@@ -158,6 +185,9 @@ class _Reader:
         for f in fields(cls):
             if f.name in raw and f.name not in skip:
                 where = f"{key}.{f.name}" if key else f.name
+                if f.name == "pin_options":
+                    out[f.name] = self.pins(where, raw[f.name])
+                    continue
                 out[f.name] = self.convert(where, raw[f.name], hints[f.name])
         return out
 
@@ -388,6 +418,14 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError(f"{src}: max_body_bytes: must be at least 1024")
     if settings.metrics.listen:
         parse_listen(settings.metrics.listen, f"{src}: metrics.listen")
+    placement = settings.placement
+    for name in ("refresh", "cold_load_seconds"):
+        if getattr(placement, name) <= 0:
+            raise ConfigError(f"{src}: placement.{name}: must be a positive number of seconds")
+    if placement.horizon < 0:
+        raise ConfigError(f"{src}: placement.horizon: must not be negative")
+    if placement.cache_tokens < 0:
+        raise ConfigError(f"{src}: placement.cache_tokens: must not be negative")
     _validate_aliases(settings)
     return _validate_routes(settings)
 

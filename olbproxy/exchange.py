@@ -20,6 +20,7 @@ import orjson
 from aiohttp import web
 
 from olbproxy.errors import Shape, shape_of
+from olbproxy.prompt import Prompt
 
 Outcome = Literal["pending", "done", "cancelled", "error"]
 
@@ -38,6 +39,15 @@ def new_id() -> str:
     # come from the OS's cryptographic source: a room opens under the id of its first
     # exchange, so nobody may guess the id another user's next room will have.
     return f"{time.time_ns() // 1_000_000:012x}{secrets.randbits(80):020x}"
+
+
+@dataclass(slots=True)
+class Placed:
+    """Where placement put an exchange, and why (placement.py)."""
+
+    reason: str  # sticky, prefix, resident, round_robin, cold, fallback_busy
+    prompt: Prompt | None = field(default=None, repr=False)
+    cached_tokens: float = 0.0  # of the prompt, expected to be cached where it went
 
 
 @dataclass(slots=True, eq=False)
@@ -78,6 +88,7 @@ class Exchange:
     background: bool = False
     # Read once from the final chunk after the stream ends (``final_counters``).
     counters: dict[str, Any] = field(default_factory=dict)
+    placed: Placed | None = None
 
     @property
     def shape(self) -> Shape:

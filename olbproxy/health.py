@@ -1,6 +1,10 @@
 """Health: active probes (``GET /api/version``) that take dead backends out of rotation
 and bring them back when they answer again. Passive signals (refused connections,
 resets, 5xx) are recorded by the relay on the same Backend state.
+
+A backend that answers is also asked ``GET /api/ps``: which models it has loaded and
+until when is what cache-aware placement needs (``Backend.note_loaded``). That second
+look never changes the backend's health.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from olbproxy.settings import HealthSettings
 from olbproxy.upstream import Failure, Upstream
 
 log = logging.getLogger("olbproxy.health")
+
+# Sent with the probes, so that an instance's log (and a test) tells them from clients.
+USER_AGENT = "olbproxy-health"
 
 
 class HealthChecker:
@@ -32,7 +39,7 @@ class HealthChecker:
     async def probe(self, backend: Backend) -> None:
         try:
             status, data = await self.upstream.fetch_json(
-                backend, "GET", "/api/version", seconds=self.settings.timeout
+                backend, "GET", "/api/version", seconds=self.settings.timeout, agent=USER_AGENT
             )
         except Failure as failure:
             reason = f"probe failed: {failure.message}"
@@ -52,6 +59,19 @@ class HealthChecker:
         if backend.mark_ok():
             log.info("backend %s is back in rotation (version %s)", backend.label, backend.version)
             self.on_change(backend)
+        await self.residency(backend)
+
+    async def residency(self, backend: Backend) -> None:
+        """The models the backend has loaded, from its /api/ps."""
+        try:
+            status, answer = await self.upstream.fetch_json(
+                backend, "GET", "/api/ps", seconds=self.settings.timeout, agent=USER_AGENT
+            )
+        except Failure as failure:
+            log.debug("backend %s: /api/ps failed: %s", backend.label, failure.message)
+            return
+        if status == 200 and isinstance(answer, dict):
+            backend.note_ps(answer)
 
     async def probe_all(self) -> None:
         await asyncio.gather(*(self.probe(b) for b in self.pool.all_backends()))

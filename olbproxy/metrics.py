@@ -5,9 +5,10 @@ Two kinds, and neither touches the stream while tokens flow:
 * **Per exchange.** ``Metrics.observe`` is one of ``OllamaApi.observers``: it runs once
   per finished model request, after the relay has parsed the final chunk's counters.
 * **Live state**, read when Prometheus scrapes (``LiveState``): in-flight requests and
-  slots per backend, health, queue depth, upstream errors (``Relay.errors``), and the
-  optional sources other parts of the proxy offer (authentication failures, the
-  persistence backlog), each passed in as a callable.
+  slots per backend, health, queue depth, upstream errors (``Relay.errors``),
+  placement's decisions and what it has learned (``Planner``), and the optional
+  sources other parts of the proxy offer (authentication failures, the persistence
+  backlog), each passed in as a callable.
 
 Every metric lives in the app's own ``CollectorRegistry``: a process may hold several
 apps (tests do), and the global default registry would refuse the second one.
@@ -33,6 +34,7 @@ from prometheus_client.metrics_core import Metric
 from olbproxy.config import parse_listen
 from olbproxy.edge import Access, Route, route
 from olbproxy.exchange import Exchange
+from olbproxy.placement import Planner
 from olbproxy.pool import Pool
 from olbproxy.routing import normalise_model
 from olbproxy.settings import MetricsSettings
@@ -74,12 +76,15 @@ class Metrics:
         *,
         auth_failures: AuthFailures | None = None,
         backlog: Backlog | None = None,
+        planner: Planner | None = None,
         cold_load_seconds: float = COLD_LOAD_SECONDS,
     ) -> None:
         self.settings = settings
         self.cold_load_seconds = cold_load_seconds
         self.registry = CollectorRegistry()
-        self.live = LiveState(pool, upstream_errors, auth_failures=auth_failures, backlog=backlog)
+        self.live = LiveState(
+            pool, upstream_errors, auth_failures=auth_failures, backlog=backlog, planner=planner
+        )
         self.registry.register(self.live)
         user = ("user",) if settings.user_labels else ()
         reg = self.registry
@@ -294,11 +299,13 @@ class LiveState:
         *,
         auth_failures: AuthFailures | None = None,
         backlog: Backlog | None = None,
+        planner: Planner | None = None,
     ) -> None:
         self.pool = pool
         self.upstream_errors = upstream_errors
         self.auth_failures = auth_failures
         self.backlog = backlog
+        self.planner = planner
 
     def describe(self) -> list[Metric]:
         return list(self._families().values())
@@ -326,7 +333,28 @@ class LiveState:
         if self.backlog is not None:
             for stage, records in sorted(self.backlog().items()):
                 families["backlog"].add_metric((stage,), records)
+        if self.planner is not None:
+            self._placement(self.planner, families)
         yield from families.values()
+
+    @staticmethod
+    def _placement(
+        planner: Planner, families: dict[str, GaugeMetricFamily | CounterMetricFamily]
+    ) -> None:
+        for (group, reason), count in sorted(planner.placements.items()):
+            families["placements"].add_metric((group, reason), count)
+        for (group, backend), seconds in sorted(planner.prefill_seconds.items()):
+            families["prefill"].add_metric((group, backend), seconds)
+        for (group, backend), seconds in sorted(planner.saved_seconds.items()):
+            families["saved"].add_metric((group, backend), seconds)
+        for (group, backend), count in sorted(planner.loads_ahead.items()):
+            families["ahead"].add_metric((group, backend), count)
+        for backend, model, rates in planner.learned.table():
+            for phase, estimate in (("prefill", rates.prefill), ("decode", rates.decode)):
+                if (value := estimate.value) is not None:
+                    families["rates"].add_metric((backend, model, phase), value)
+            if (load := rates.load.value) is not None:
+                families["load"].add_metric((backend, model), load)
 
     @staticmethod
     def _families() -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
@@ -373,5 +401,38 @@ class LiveState:
                 "Exchange records not yet in MongoDB, by stage (queue: in memory, "
                 "spool: on disk waiting for replay).",
                 labels=("stage",),
+            ),
+            "placements": CounterMetricFamily(
+                "olbproxy_placements",
+                "Model requests placed on an instance, by why it was that one: sticky, "
+                "prefix, resident, round_robin, cold, fallback_busy.",
+                labels=("group", "reason"),
+            ),
+            "prefill": CounterMetricFamily(
+                "olbproxy_prefill_seconds",
+                "Seconds the instances spent evaluating prompts (prompt_eval_duration).",
+                labels=("group", "backend"),
+            ),
+            "saved": CounterMetricFamily(
+                "olbproxy_prefill_saved_seconds",
+                "Prompt evaluation the instances' caches saved, estimated: every prompt "
+                "token at the learned rate, less the time actually spent.",
+                labels=("group", "backend"),
+            ),
+            "ahead": CounterMetricFamily(
+                "olbproxy_loads_ahead",
+                "Models loaded on an idle instance because every warm one was busy.",
+                labels=("group", "backend"),
+            ),
+            "rates": GaugeMetricFamily(
+                "olbproxy_learned_tokens_per_second",
+                "What placement has learned an instance does per model: phase=prefill "
+                "(uncached prompt tokens) and phase=decode.",
+                labels=("backend", "model", "phase"),
+            ),
+            "load": GaugeMetricFamily(
+                "olbproxy_learned_load_seconds",
+                "What placement has learned a cold load of the model takes on the instance.",
+                labels=("backend", "model"),
             ),
         }

@@ -11,12 +11,33 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
+from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 from olbproxy.admission import Admission
 from olbproxy.errors import Unavailable
+from olbproxy.routing import normalise_model
 from olbproxy.settings import GroupSettings, Settings
+
+# How long an answer vouches for its model staying loaded, until /api/ps says more.
+ANSWERED_RESIDENT = 60.0
+
+
+def loaded_models(answer: Any) -> dict[str, float]:
+    """``/api/ps``: each loaded model (normalised name) and when it unloads (epoch s)."""
+    found: dict[str, float] = {}
+    for model in answer.get("models") or [] if isinstance(answer, dict) else []:
+        if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+            continue
+        try:
+            expires = datetime.fromisoformat(str(model.get("expires_at"))).timestamp()
+        except (ValueError, OverflowError, OSError):
+            expires = float("inf")  # shown without a usable expiry: loaded for now
+        found[normalise_model(model["name"])] = expires
+    return found
 
 
 class Backend:
@@ -25,6 +46,7 @@ class Backend:
     __slots__ = (
         "_by_model",
         "checked_at",
+        "epochs",
         "failures",
         "healthy",
         "host_header",
@@ -32,6 +54,7 @@ class Backend:
         "label",
         "last_error",
         "loaded",
+        "resident",
         "slots",
         "url",
         "version",
@@ -51,6 +74,39 @@ class Backend:
         self.version: str | None = None
         self.checked_at: float | None = None
         self.loaded: tuple[str, ...] = ()
+        # Models loaded now (normalised name -> when they unload, epoch seconds), from
+        # /api/ps and from answers; and per model a count of the times its prompt
+        # caches were lost (an unload, a cold load), which outdates what placement knew.
+        self.resident: dict[str, float] = {}
+        self.epochs: dict[str, int] = {}
+
+    def is_resident(self, model: str, now: float | None = None) -> bool:
+        expires = self.resident.get(model)
+        if expires is None:
+            return False
+        return expires > (time.time() if now is None else now) or model in self._by_model
+
+    def note_loaded(self, models: dict[str, float], names: Sequence[str] = ()) -> None:
+        """What /api/ps says is loaded; a model gone since the last look lost its caches."""
+        for model in self.resident.keys() - models.keys():
+            if model not in self._by_model:
+                self.epochs[model] = self.epochs.get(model, 0) + 1
+        self.resident = {m: e for m, e in self.resident.items() if m in self._by_model}
+        self.resident.update(models)
+        self.loaded = tuple(names) if names else tuple(models)
+
+    def note_ps(self, answer: Any) -> None:
+        """An /api/ps answer of this backend."""
+        models = answer.get("models") if isinstance(answer, dict) else None
+        names = [str(m.get("name")) for m in models or [] if isinstance(m, dict)]
+        self.note_loaded(loaded_models(answer), names)
+
+    def note_answer(self, model: str, *, cold: bool) -> None:
+        """An answer came: the model is loaded; a cold load started its caches afresh."""
+        if cold:
+            self.epochs[model] = self.epochs.get(model, 0) + 1
+        until = time.time() + ANSWERED_RESIDENT
+        self.resident[model] = max(self.resident.get(model, 0.0), until)
 
     def has_slot(self, model: str) -> bool:
         return self.healthy and self._by_model.get(model, 0) < self.slots
@@ -199,6 +255,10 @@ class Pool:
     def all_backends(self) -> list[Backend]:
         return list(self.backends.values())
 
+    def backend(self, label: str | None) -> Backend | None:
+        """The backend with this label (host:port), as exchanges name it."""
+        return next((b for b in self.backends.values() if b.label == label), None)
+
     def rotate_any(self) -> Backend | None:
         """A healthy backend from any group, spreading requests that name no model."""
         for group in itertools.islice(self._group_cycle(), len(self.groups)):
@@ -223,18 +283,31 @@ class Pool:
 
 
 class SlotPlacement:
-    """Model requests: a slot on one of the group's backends, waiting in its queue if needed."""
+    """Model requests: a slot on one of the group's backends, waiting in its queue if needed;
+    the next free one in round-robin order (placement.py places by cost instead)."""
 
-    __slots__ = ("group", "interactive", "model", "pool", "user")
+    __slots__ = ("counted", "group", "interactive", "model", "pool", "user")
 
-    def __init__(self, pool: Pool, group: Group, model: str, user: str, interactive: bool) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        group: Group,
+        model: str,
+        user: str,
+        interactive: bool,
+        counted: Counter[tuple[str, str]] | None = None,
+    ) -> None:
         self.pool, self.group, self.model = pool, group, model
         self.user, self.interactive = user, interactive
+        self.counted = counted  # placements by (group, reason), for the metrics
 
     async def acquire(self, exclude: Sequence[Backend]) -> Backend:
-        return await self.group.admission.acquire(
+        backend = await self.group.admission.acquire(
             self.model, user=self.user, interactive=self.interactive, exclude=exclude
         )
+        if self.counted is not None:
+            self.counted[self.group.name, "round_robin"] += 1
+        return backend
 
     def release(self, backend: Backend) -> None:
         backend.give(self.model)

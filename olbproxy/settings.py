@@ -18,6 +18,10 @@ LogFormat = Literal["text", "json"]
 # The seed app's database (its MONGODB_URI ended in /gpt): the CLI and the server use it
 # unless store.database or the URI's path names another one.
 DEFAULT_DATABASE = "gpt"
+PlacementPolicy = Literal["cache_aware", "round_robin"]
+# Runner options a group may pin (prompt.RUNNER_OPTIONS): a request that changed one
+# would make the instance reload the model under everyone else.
+PinnedOptions = tuple[tuple[str, int | bool], ...]
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,12 @@ class GroupSettings:
     # ``:cloud`` / ``-cloud`` models are run by ollama.com, not on this Mac: an instance
     # forwards the prompt there. Refused unless the group allows them (for its users).
     allow_cloud: bool = False
+    # Where a request goes inside the group: "cache_aware" (placement.py: the instance
+    # holding its prompt's prefix, with the model loaded, unless waiting there costs
+    # more) or "round_robin" (the next instance with a free slot).
+    placement: PlacementPolicy = "cache_aware"
+    # Runner options every request to the group is sent with, whatever the client says.
+    pin_options: PinnedOptions = ()
 
     @property
     def catch_all(self) -> bool:
@@ -182,6 +192,25 @@ class RoutesSettings:
 
 
 @dataclass(frozen=True)
+class PlacementSettings:
+    """Cache-aware placement (placement.py) and what it shows about its decisions."""
+
+    # X-Olbproxy-Placement on answers to admins: why the request went where it went.
+    header: bool = False
+    # Seconds between loads of placements other proxies recorded with their rooms.
+    refresh: float = 5.0
+    # How old a recorded placement may be to be loaded at start (seconds).
+    horizon: float = 6 * 3600.0
+    # A load_duration at or above this means the model was loaded for the request: a
+    # cold load for the metrics, a lost prompt cache for placement.
+    cold_load_seconds: float = 1.0
+    # Prompt tokens an instance's caches hold per model (its slots plus llama-server's
+    # 8 GiB host-RAM cache: ~350k tokens of gpt-oss:20b, ~230k of 120b). A prefix the
+    # instance has processed this many tokens since is assumed gone.
+    cache_tokens: int = 200_000
+
+
+@dataclass(frozen=True)
 class Settings:
     listen_host: str = "0.0.0.0"
     listen_port: int = 11434
@@ -214,6 +243,7 @@ class Settings:
     # How long an /api/show answer is reused for the same question (editors ask it on
     # every keystroke; every instance of a group reads one model store).
     show_cache_seconds: float = 5.0
+    placement: PlacementSettings = PlacementSettings()
     source: str = "<defaults>"
     # Things the operator should read at start-up (e.g. OLLAMA_ENDPOINTS took over).
     notices: tuple[str, ...] = ()

@@ -203,15 +203,26 @@ class Upstream:
             raise _failure(exc, "backend") from None
 
     async def fetch_json(
-        self, backend: Backend, method: str, path: str, *, seconds: float, json: Any = None
+        self,
+        backend: Backend,
+        method: str,
+        path: str,
+        *,
+        seconds: float,
+        json: Any = None,
+        agent: str | None = None,
     ) -> tuple[int, Any]:
-        """A small request of the proxy's own, fully read; the body parsed if JSON."""
+        """A small request of the proxy's own, fully read; the body parsed if JSON.
+        ``agent``: a User-Agent that tells it from clients in the instance's log."""
+        headers = {"Host": backend.host_header, "Content-Type": "application/json"}
+        if agent is not None:
+            headers["User-Agent"] = agent
         try:
             async with self.session.request(
                 method,
                 upstream_url(backend, path),
                 json=json,
-                headers={"Host": backend.host_header, "Content-Type": "application/json"},
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=seconds),
             ) as response:
                 data = await response.read()

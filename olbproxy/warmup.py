@@ -2,8 +2,11 @@
 
 What the seed's start script did with curl, done by the proxy: on start and whenever
 an instance comes back into rotation, ``POST /api/generate`` with an empty prompt
-(Ollama's load idiom) and the group's ``keep_alive``. Runs in the background; a
-failure is logged and retried the next time the instance comes back.
+(Ollama's load idiom) and the group's ``keep_alive`` (and pinned options: a load
+with other runner options would only be reloaded by the first request). Runs in the
+background; a failure is logged and retried the next time the instance comes back.
+Placement also asks for a load ahead of need (``ahead``) when every warm instance of a
+group is busy.
 """
 
 from __future__ import annotations
@@ -56,6 +59,16 @@ class Warmup:
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
 
+    def ahead(self, backend: Backend, group: GroupSettings, model: str) -> None:
+        """Load ``model`` on ``backend`` now, in the background (placement.py)."""
+        task = self.supervisor.spawn(
+            f"load ahead {model} on {backend.label}",
+            partial(self.load, backend, group, model),
+            restart=False,
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def schedule_all(self) -> None:
         for backend in self.pool.all_backends():
             self.schedule(backend)
@@ -64,6 +77,8 @@ class Warmup:
         body: dict[str, object] = {"model": model, "prompt": "", "stream": False}
         if group.keep_alive is not None:
             body["keep_alive"] = keep_alive_value(group.keep_alive)
+        if group.pin_options:
+            body["options"] = dict(group.pin_options)
         try:
             status, answer = await self.upstream.fetch_json(
                 backend, "POST", "/api/generate", json=body, seconds=group.first_byte_timeout

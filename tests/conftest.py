@@ -123,19 +123,34 @@ async def start_proxy() -> AsyncIterator[StartProxy]:
         await proxy.runner.cleanup()
 
 
-@pytest.fixture
-async def seed(
-    start_sims: StartSims, start_proxy: StartProxy
+async def seed_layout(
+    start_sims: StartSims, start_proxy: StartProxy, **group_settings: Any
 ) -> tuple[Proxy, list[OllamaSimulator], list[OllamaSimulator]]:
     """The seed's layout: three 20b backends and two 120b backends behind one proxy."""
     small = await start_sims(3, prefix="s", tokens_per_second=0)
     large = await start_sims(2, prefix="l", tokens_per_second=0)
     settings = make_settings(
-        group("20b", ("gpt-oss:20b",), small),
-        group("120b", ("gpt-oss:120b",), large),
+        group("20b", ("gpt-oss:20b",), small, **group_settings),
+        group("120b", ("gpt-oss:120b",), large, **group_settings),
     )
     proxy = await start_proxy(settings)
     return proxy, small, large
+
+
+@pytest.fixture
+async def seed(
+    start_sims: StartSims, start_proxy: StartProxy
+) -> tuple[Proxy, list[OllamaSimulator], list[OllamaSimulator]]:
+    """The seed's layout with the default (cache-aware) placement."""
+    return await seed_layout(start_sims, start_proxy)
+
+
+@pytest.fixture
+async def seed_round_robin(
+    start_sims: StartSims, start_proxy: StartProxy
+) -> tuple[Proxy, list[OllamaSimulator], list[OllamaSimulator]]:
+    """The seed's layout placing round-robin, for tests whose point is that order."""
+    return await seed_layout(start_sims, start_proxy, placement="round_robin")
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ from identity import (
 
 from olbproxy.app import API
 from olbproxy.auth.principal import Principal, principal_of
+from olbproxy.health import USER_AGENT
 
 ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/api/tags", None),
@@ -64,7 +65,10 @@ async def call(
 def backend_calls(site: Site) -> list[str]:
     """What reached the backends, apart from the health checker's probes."""
     return [
-        r.path for s in (site.small, site.large) for r in s.requests if r.path != "/api/version"
+        r.path
+        for s in (site.small, site.large)
+        for r in s.requests
+        if r.headers.get("User-Agent") != USER_AGENT
     ]
 
 

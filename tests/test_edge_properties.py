@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 from identity import PASSWORD, auth_settings
 
 from olbproxy.app import AUTHENTICATOR, create_app
+from olbproxy.health import USER_AGENT
 from olbproxy.routing import normalise_model
 from olbproxy.simulator import OllamaSimulator
 
@@ -137,7 +138,7 @@ class ThreadedSite:
         found = []
         for sim in (*self.small, *self.large):
             for request in sim.requests[before[sim.name] :]:
-                if (request.method, request.path) != ("GET", "/api/version"):  # probes
+                if request.headers.get("User-Agent") != USER_AGENT:  # health probes
                     found.append((sim, request))
         return found
 

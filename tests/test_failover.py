@@ -137,7 +137,10 @@ async def test_the_group_recovers_when_the_backend_returns(
     start_sims: StartSims, start_proxy: StartProxy
 ) -> None:
     sims = await start_sims(2, tokens_per_second=0)
-    proxy = await start_proxy(make_settings(group("20b", ("gpt-oss:20b",), sims)))
+    # Round-robin: the point is that the backend takes its turn again. (Cache-aware
+    # placement would rightly keep to the warm one while it has a free slot.)
+    settings = make_settings(group("20b", ("gpt-oss:20b",), sims, placement="round_robin"))
+    proxy = await start_proxy(settings)
     port = int(sims[0].url.rsplit(":", 1)[1])
     await sims[0].stop()
     await chat(proxy.http, proxy.url)  # marks it down

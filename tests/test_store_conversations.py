@@ -10,7 +10,7 @@ from bson import ObjectId
 from identity import database_of, store_settings
 
 from olbproxy.settings import Settings
-from olbproxy.store import Message, Room, RoomStep, Store
+from olbproxy.store import Message, Room, RoomStep, Served, Store
 from olbproxy.store.backends import open_store
 from olbproxy.store.mongo import MongoStore
 
@@ -71,6 +71,7 @@ async def test_a_message_round_trips_with_every_field(store: Store) -> None:
         duration_ms=340.25,
         http_status=200,
         error=None,
+        placement="sticky",
         prefix_hash="p" * 64,
         full_hash="f" * 64,
         truncated=("input",),
@@ -98,6 +99,27 @@ async def test_opening_a_room_is_idempotent_and_progress_only_grows(store: Store
     got = await store.rooms.get("r1")
     assert got is not None and (got.turns, got.updated_at) == (3, at(30))
     assert await store.rooms.get("missing") is None
+
+
+async def test_a_rooms_latest_placement_is_kept_and_read_back_oldest_first(store: Store) -> None:
+    first = Served("k1" * 16, "127.0.0.1:11435", at(10))
+    await store.rooms.open([room("r1", served=first), room("r2"), room("r3")])
+    await store.rooms.advance(
+        [
+            RoomStep("r2", 1, at(20), Served("k2" * 16, "127.0.0.1:11436", at(20))),
+            RoomStep("r3", 1, at(5)),  # no placement (an error): none recorded
+        ]
+    )
+    later = Served("k3" * 16, "127.0.0.1:11437", at(30))
+    await store.rooms.advance([RoomStep("r1", 2, at(30), later)])
+    got = await store.rooms.get("r1")
+    assert got is not None and got.served == later
+    assert await store.rooms.placements(at(0), limit=10) == [
+        ("r2", Served("k2" * 16, "127.0.0.1:11436", at(20))),
+        ("r1", later),
+    ]
+    assert [r for r, _ in await store.rooms.placements(at(25), limit=10)] == ["r1"]
+    assert len(await store.rooms.placements(at(0), limit=1)) == 1
 
 
 async def test_rooms_are_listed_newest_first_a_page_at_a_time(store: Store) -> None:

@@ -40,6 +40,8 @@ def routing_table(settings: Settings) -> str:
             f"(wait up to {group.queue_timeout:g}s), first byte {group.first_byte_timeout:g}s, "
             f"idle {group.idle_timeout:g}s, model store {group.model_store}"
         )
+        pins = ", ".join(f"{k}={v}" for k, v in group.pin_options)
+        lines.append(f"  placement {group.placement}" + (f", pinned {pins}" if pins else ""))
         lines.extend(f"  -> {url}" for url in group.endpoints)
     if not any(g.catch_all for g in settings.groups):
         lines.append("models no group lists: 404 model not found (add a group with models: ['*'])")

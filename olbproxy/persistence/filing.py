@@ -62,10 +62,12 @@ class Plan:
 
     def progress(self, room_id: str, seq: int, record: Record) -> None:
         at = moment(record.ended_at)
+        served = record.served()
         step = self.steps.get(room_id)
         if step is not None:
             seq, at = max(seq, step.turns), max(at, step.updated_at)
-        self.steps[room_id] = RoomStep(room_id, seq, at)
+            served = served or step.served
+        self.steps[room_id] = RoomStep(room_id, seq, at, served)
 
 
 class Filing:

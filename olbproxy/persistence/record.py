@@ -33,7 +33,7 @@ from olbproxy.persistence.history import (
     task_of,
     title_of,
 )
-from olbproxy.store import AnswerText, Message, MessageKind, MessageStatus, Room
+from olbproxy.store import AnswerText, Message, MessageKind, MessageStatus, Room, Served
 
 FORMAT = 1
 # MongoDB refuses documents over 16 MiB; a pasted book must not make a record unstorable.
@@ -77,6 +77,8 @@ class Record:
     duration_ms: float | None = None
     http_status: int | None = None
     error: str | None = None
+    placement: str | None = None  # why it went to its backend (placement.py's reasons)
+    placement_key: str | None = None  # its whole prompt's exchange key (hex): next turns'
     title: str = ""
     named_room: str | None = None  # X-Room-Id or Open WebUI's chat id, checked by preflight
     opens_room: bool = False  # may start a room of its own when it continues none
@@ -112,6 +114,12 @@ class Record:
             turns=0,
         )
 
+    def served(self) -> Served | None:
+        """Where this exchange ran, for its room: what the next turn is placed by."""
+        if self.placement_key is None or self.backend is None or self.status == "error":
+            return None
+        return Served(self.placement_key, self.backend, moment(self.ended_at))
+
     def message(self, room_id: str | None, seq: int | None) -> Message:
         return Message(
             id=self.id,
@@ -138,6 +146,7 @@ class Record:
             duration_ms=self.duration_ms,
             http_status=self.http_status,
             error=self.error,
+            placement=self.placement,
             prefix_hash=self.prefix_hash,
             full_hash=self.full_hash,
             truncated=tuple(self.truncated),
@@ -220,6 +229,8 @@ def record_of(exchange: Exchange, *, store_content: bool) -> Record:
     if not title:  # content not stored, or nothing to title from
         title = f"{exchange.model or 'chat'} · {moment(started):%Y-%m-%d %H:%M} UTC"
     ttft = exchange.ttft
+    placed = exchange.placed
+    prompt = placed.prompt if placed is not None else None
     return Record(
         id=exchange.id,
         kind=kind,
@@ -244,6 +255,8 @@ def record_of(exchange: Exchange, *, store_content: bool) -> Record:
         duration_ms=None if duration is None else round(duration * 1000, 3),
         http_status=exchange.status or None,
         error=error,
+        placement=(placed.reason or None) if placed is not None else None,
+        placement_key=prompt.key.hex() if prompt is not None else None,
         title=title,
         named_room=exchange.room_id,
         opens_room=kind != "task" and has_answer and not completion,

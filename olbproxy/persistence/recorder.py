@@ -260,7 +260,9 @@ class Recorder:
         # batch are new: one insert per room instead of an upsert and an update).
         steps = plan.steps
         rooms = [
-            dataclasses.replace(room, turns=step.turns, updated_at=step.updated_at)
+            dataclasses.replace(
+                room, turns=step.turns, updated_at=step.updated_at, served=step.served
+            )
             if (step := steps.get(room.id)) is not None
             else room
             for room in plan.rooms

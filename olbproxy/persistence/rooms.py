@@ -77,6 +77,7 @@ def message_json(message: Message) -> dict[str, Any]:
         "endpoint": message.endpoint,
         "model": message.model,
         "backend": message.backend,
+        "placement": message.placement,
         "input": message.input,
         "input_role": message.input_role,
         "input_images": message.input_images,

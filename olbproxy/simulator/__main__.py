@@ -3,6 +3,12 @@
 The benchmark runs them this way so that the backends do not share the proxy's cores::
 
     python -m olbproxy.simulator --ports 11435,11436 --tps 40 --answer-tokens 200
+
+With ``--costs`` the backends follow the cost model of costs.py (an M3 Ultra running
+Ollama: loads, slots, prompt caches, prefill and decode rates), sharing one machine::
+
+    python -m olbproxy.simulator --ports 11435,11436,11437 --costs --parallel 2 \
+        --time-scale 0.05 --rate gpt-oss:120b=1000,60,14
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
+from olbproxy.simulator.costs import DEFAULT_COSTS, CostModel, Machine, ModelCosts
 from olbproxy.simulator.server import OllamaSimulator
 
 
@@ -32,12 +39,47 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--version", default="0.12.6", help="what /api/version reports")
     parser.add_argument("--any-host", action="store_true", help="skip the Host header check")
     parser.add_argument("--record", action="store_true", help="keep every request in memory")
+    costs = parser.add_argument_group("cost model (off unless --costs)")
+    costs.add_argument("--costs", action="store_true", help="simulate loads, caches and rates")
+    costs.add_argument("--parallel", type=int, default=1, help="OLLAMA_NUM_PARALLEL")
+    costs.add_argument(
+        "--time-scale", type=float, default=1.0, help="wall seconds per modelled second"
+    )
+    costs.add_argument("--num-ctx", type=int, default=4096, help="OLLAMA_CONTEXT_LENGTH")
+    costs.add_argument(
+        "--rate",
+        action="append",
+        default=[],
+        metavar="MODEL=PREFILL,DECODE,LOAD",
+        help="tokens/s, tokens/s, seconds for one model (repeatable)",
+    )
     return parser.parse_args(argv)
+
+
+def cost_model(args: argparse.Namespace) -> CostModel | None:
+    if not args.costs:
+        return None
+    models = dict(DEFAULT_COSTS)
+    for item in args.rate:
+        name, _, figures = str(item).partition("=")
+        try:
+            prefill, decode, load = (float(x) for x in figures.split(","))
+        except ValueError:
+            raise SystemExit(f"--rate {item!r}: expected MODEL=PREFILL,DECODE,LOAD") from None
+        kv = models.get(name, DEFAULT_COSTS["gpt-oss:20b"]).kv_bytes
+        models[name] = ModelCosts(prefill, decode, load, kv)
+    if args.time_scale <= 0 or args.parallel < 1:
+        raise SystemExit("--time-scale must be positive and --parallel at least 1")
+    return CostModel(
+        models=models, parallel=args.parallel, time_scale=args.time_scale, num_ctx=args.num_ctx
+    )
 
 
 async def _serve(args: argparse.Namespace) -> None:
     ports = [int(p) for p in str(args.ports).split(",") if p.strip()]
     sims = []
+    costs = cost_model(args)
+    machine = Machine()  # the backends of one process are one Mac's instances
     for port in ports:
         sim = OllamaSimulator(
             name=f"{args.name_prefix}-{port}",
@@ -47,6 +89,8 @@ async def _serve(args: argparse.Namespace) -> None:
             answer_tokens=args.answer_tokens,
             version=args.version,
             enforce_host=not args.any_host,
+            costs=costs,
+            machine=machine,
         )
         sim.record_requests = args.record
         sims.append(sim)

@@ -216,10 +216,13 @@ async def hold() -> None:
 
 
 @dataclass(slots=True)
-class _Timing:
+class Timing:
+    """When each phase of a model request began, for the final chunk's counters."""
+
     started_ns: int  # handler entry, Ollama's checkpointStart
     loaded_ns: int = 0  # the model became available
     first_ns: int = 0  # the first token was due
+    slot_ns: int = 0  # prompt evaluation began (a free slot); 0: as soon as loaded
 
     def metrics(self, answer: Reply, tokens: int) -> Timings:
         now = time.perf_counter_ns()
@@ -228,7 +231,7 @@ class _Timing:
             total_duration=max(1, now - self.started_ns),
             load_duration=max(1, self.loaded_ns - self.started_ns),
             prompt_eval_count=answer.prompt_eval_count,
-            prompt_eval_duration=max(1, self.first_ns - self.loaded_ns),
+            prompt_eval_duration=max(1, self.first_ns - (self.slot_ns or self.loaded_ns)),
             eval_count=tokens,
             eval_duration=max(1, now - self.first_ns) if tokens else 0,
         )
@@ -265,29 +268,56 @@ async def deliver(
         if refusal is not None:
             return encoder.rejection(*refusal, streaming=False)
         cutoff = _cutoff(sim)
+        timing = Timing(started_ns)
+        if sim.costs is not None:
+            return await sim.costs.deliver(
+                request,
+                exchange,
+                model,
+                answer,
+                encoder,
+                stream=stream,
+                keep_alive=keep_alive,
+                timing=timing,
+                cutoff=cutoff,
+            )
         await sim.load(model, keep_alive)
         try:
-            timing = _Timing(started_ns, loaded_ns=time.perf_counter_ns())
+            timing.loaded_ns = time.perf_counter_ns()
             if sim.first_token_delay > 0:
                 await asyncio.sleep(sim.first_token_delay)
             timing.first_ns = time.perf_counter_ns()
-            play = _stream if stream else _whole
-            return await play(sim, request, exchange, answer, encoder, timing, cutoff)
+            tps = sim.tokens_per_second
+            if not stream:
+                return await play_whole(request, exchange, answer, encoder, timing, cutoff, tps)
+            return await play_stream(
+                request,
+                exchange,
+                answer,
+                encoder,
+                timing,
+                cutoff,
+                tps,
+                split_final=sim.faults.split_final,
+            )
         finally:
             sim.release(model, keep_alive)
 
 
-async def _stream(
-    sim: OllamaSimulator,
+async def play_stream(
     request: web.Request,
     exchange: ModelCall,
     answer: Reply,
     encoder: Encoder,
-    timing: _Timing,
+    timing: Timing,
     cutoff: tuple[int | None, str],
+    tps: float,
+    coalesce: float = 0.0,
+    split_final: int = 1,
 ) -> web.StreamResponse:
+    """Stream the answer at ``tps``; tokens due within ``coalesce`` seconds go at once;
+    the final chunk in ``split_final`` pieces (Faults.split_final)."""
     loop = asyncio.get_running_loop()
-    tps = sim.tokens_per_second
     interval = 1.0 / tps if tps > 0 else 0.0
     t0 = loop.time()
     steps = answer.steps
@@ -300,7 +330,7 @@ async def _stream(
         for position in range(count + 1):
             if interval:
                 delay = t0 + position * interval - loop.time()
-                if delay > 0:
+                if delay > coalesce:
                     await asyncio.sleep(delay)
             if position == stop_at:
                 break
@@ -313,8 +343,8 @@ async def _stream(
                 data = encoder.chunk(*steps[position])
             else:
                 data = encoder.closing(timing.metrics(answer, count))
-                if sim.faults.split_final > 1:
-                    await _write_split(response, opening + data, sim.faults.split_final)
+                if split_final > 1:
+                    await _write_split(response, opening + data, split_final)
                     continue
             await response.write(opening + data if opening else data)
         else:
@@ -338,20 +368,21 @@ async def _stream(
         return response if response is not None else web.Response()
 
 
-async def _whole(
-    sim: OllamaSimulator,
+async def play_whole(
     request: web.Request,
     exchange: ModelCall,
     answer: Reply,
     encoder: Encoder,
-    timing: _Timing,
+    timing: Timing,
     cutoff: tuple[int | None, str],
+    tps: float,
+    coalesce: float = 0.0,
 ) -> web.StreamResponse:
+    """The answer in one piece, after the time its tokens take at ``tps``."""
     count = len(answer.steps)
     stop_at, action = cutoff
     struck = stop_at is not None and stop_at <= count
     produced = stop_at if struck and stop_at is not None else count
-    tps = sim.tokens_per_second
     if tps > 0 and produced:
         # One sleep for the whole answer: nobody sees the tokens of a non-streamed reply.
         await asyncio.sleep(produced / tps)

@@ -163,7 +163,9 @@ class Library:
                 "details": details(model),
                 "expires_at": rfc3339(expires_at),
                 "size_vram": model.size,
-                "context_length": min(model.context_length, 4096),
+                "context_length": sim.context_lengths.get(
+                    model.name, min(model.context_length, 4096)
+                ),
             }
             for _, model, expires_at in running
         ]

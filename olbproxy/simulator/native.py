@@ -239,14 +239,20 @@ class NativeInference:
         return reply(answer)
 
     async def _load_only(
-        self, model: SimulatedModel, name: str, keep_alive: float | None, *, chat: bool
+        self,
+        model: SimulatedModel,
+        name: str,
+        keep_alive: float | None,
+        *,
+        chat: bool,
+        options: object = None,
     ) -> web.StreamResponse:
         # An empty prompt or message list only loads the model: one JSON answer.
         with self.sim.model_call():
             refusal = await self.sim.admit()
             if refusal is not None:
                 return error_reply(*refusal)
-            await self.sim.load(model, keep_alive)
+            await self.sim.load(model, keep_alive, options)
             self.sim.release(model, keep_alive)
             return self._lifecycle(name, "load", chat=chat)
 
@@ -272,7 +278,9 @@ class NativeInference:
         if model.embedding:
             raise Rejected(400, f'"{name}" does not support generate')
         if not prompt:
-            return await self._load_only(model, name, keep_alive, chat=False)
+            return await self._load_only(
+                model, name, keep_alive, chat=False, options=body.get("options")
+            )
         suffix = text(body, "suffix", "GenerateRequest")
         answer = compose(
             self.sim.name,
@@ -314,7 +322,9 @@ class NativeInference:
         if model.embedding:
             raise Rejected(400, f'"{name}" does not support chat')
         if not messages:
-            return await self._load_only(model, name, keep_alive, chat=True)
+            return await self._load_only(
+                model, name, keep_alive, chat=True, options=body.get("options")
+            )
         answer = compose(
             self.sim.name,
             said_in(messages),

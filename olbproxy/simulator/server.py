@@ -27,6 +27,7 @@ from olbproxy.simulator import native as simulator_native
 from olbproxy.simulator import openai as simulator_openai
 from olbproxy.simulator import responses as simulator_responses
 from olbproxy.simulator.answer import ModelCall, hold
+from olbproxy.simulator.costs import CostModel, Instance, Machine
 from olbproxy.simulator.wire import (
     BUSY,
     DEFAULT_KEEP_ALIVE,
@@ -144,6 +145,8 @@ class OllamaSimulator:
         answer_tokens: int = 12,
         version: str = "0.12.6",
         enforce_host: bool = True,
+        costs: CostModel | None = None,
+        machine: Machine | None = None,
     ) -> None:
         self.name = name
         self.tokens_per_second = tokens_per_second
@@ -161,6 +164,7 @@ class OllamaSimulator:
         self.modified_at: dict[str, float] = {}  # wall clock, newest listed first
         self.blobs: set[str] = set()  # "sha256:<hex>" uploaded through /api/blobs
         self.loaded: dict[str, float] = {}  # model name -> expiry (time.monotonic())
+        self.context_lengths: dict[str, int] = {}  # what /api/ps reports, per loaded model
         self.url = ""
         self.port = 0
         self._in_use: dict[str, int] = {}
@@ -173,6 +177,10 @@ class OllamaSimulator:
         self._transports: set[asyncio.Transport] = set()
         self._runner: web.AppRunner | None = None
         self.app = web.Application(middlewares=[self._middleware], client_max_size=1 << 30)
+        # The cost model (costs.py); None keeps every answer as it always was.
+        self.costs = Instance(self, costs, machine) if costs is not None else None
+        if self.costs is not None:
+            self.app.router.add_get("/simulator/costs", self.costs.handle)
         for method, path, handler in (
             *simulator_library.routes(self),
             *simulator_native.routes(self),
@@ -315,8 +323,22 @@ class OllamaSimulator:
         del self.loaded[name]
         return False
 
-    async def load(self, model: SimulatedModel, keep_alive: float | None) -> None:
+    def hold(self, name: str) -> None:
+        """One more request uses the loaded model: it stays resident meanwhile."""
+        self._in_use[name] = self._in_use.get(name, 0) + 1
+        self.loaded.setdefault(name, time.monotonic() + DEFAULT_KEEP_ALIVE)
+
+    async def load(
+        self, model: SimulatedModel, keep_alive: float | None, options: object = None
+    ) -> None:
         """Make ``model`` resident, paying ``cold_load_delay`` once; marks it in use."""
+        if self.costs is not None:
+            # The cost model loads (and reloads) on its own terms; the caller releases.
+            runner = await self.costs.runner(model, self.costs.options_of(options))
+            runner.users -= 1
+            if runner.users == 0:
+                runner.idle.set()
+            return
         name = model.name
         resident = self.is_loaded(name)  # before counting this request as a user
         self._in_use[name] = self._in_use.get(name, 0) + 1
@@ -345,6 +367,8 @@ class OllamaSimulator:
     def release(self, model: SimulatedModel, keep_alive: float | None) -> None:
         """The request using ``model`` ended: its keep_alive starts now (0 unloads)."""
         name = model.name
+        if self.costs is not None:
+            keep_alive = self.costs.keep_alive(keep_alive)  # compressed like everything else
         left = self._in_use.get(name, 0) - 1
         if left > 0:
             self._in_use[name] = left

@@ -91,6 +91,15 @@ MessageStatus = Literal["done", "cancelled", "error"]
 
 
 @dataclass(frozen=True, slots=True)
+class Served:
+    """Where a room's latest turn ran: what placement sends the next turn back to."""
+
+    key: str  # the exchange key of that turn's whole prompt (prompt.Prompt.key, hex)
+    backend: str  # the instance that answered it (host:port)
+    at: datetime  # when it ended
+
+
+@dataclass(frozen=True, slots=True)
 class Room:
     """A room (a conversation): consecutive turns of one user, titled from its first message."""
 
@@ -102,6 +111,7 @@ class Room:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     turns: int = 0
+    served: Served | None = None
 
 
 class AnswerText(TypedDict):
@@ -139,6 +149,7 @@ class Message:
     duration_ms: float | None = None
     http_status: int | None = None
     error: str | None = None
+    placement: str | None = None  # why it went to its backend (placement.py's reasons)
     prefix_hash: str | None = None  # the history before the new input (history.py)
     full_hash: str | None = None  # the history with the answer: what the next turn continues
     truncated: tuple[str, ...] = ()  # fields cut to fit a MongoDB document
@@ -151,6 +162,7 @@ class RoomStep:
     room_id: str
     turns: int
     updated_at: datetime
+    served: Served | None = None  # the latest turn's placement, when it has one
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +230,10 @@ class Rooms(Protocol):
     async def rename(self, room_id: str, title: str) -> Room | None: ...
 
     async def delete(self, room_id: str) -> bool: ...
+
+    async def placements(self, since: datetime, *, limit: int) -> Sequence[tuple[str, Served]]:
+        """(room id, placement) of rooms whose latest placement is from ``since`` on,
+        oldest first: what other proxies' turns ran where (placement feed)."""
 
 
 class Messages(Protocol):

@@ -25,6 +25,7 @@ from olbproxy.store import (
     Room,
     Rooms,
     RoomStep,
+    Served,
     User,
     UserChanges,
     Users,
@@ -118,7 +119,10 @@ class MemoryRooms:
             if room.updated_at is not None and room.updated_at > updated:
                 updated = room.updated_at
             turns = max(room.turns, step.turns)
-            self._by_id[room.id] = dataclasses.replace(room, turns=turns, updated_at=updated)
+            served = step.served or room.served
+            self._by_id[room.id] = dataclasses.replace(
+                room, turns=turns, updated_at=updated, served=served
+            )
 
     async def list(self, user_id: str, *, limit: int, before: Mark | None = None) -> list[Room]:
         rooms = [r for r in self._by_id.values() if r.user_id == user_id]
@@ -136,6 +140,13 @@ class MemoryRooms:
 
     async def delete(self, room_id: str) -> bool:
         return self._by_id.pop(room_id, None) is not None
+
+    async def placements(self, since: datetime, *, limit: int) -> Sequence[tuple[str, Served]]:
+        found = [
+            (r.id, r.served) for r in self._by_id.values() if r.served and r.served.at >= since
+        ]
+        found.sort(key=lambda pair: pair[1].at)
+        return found[:limit]
 
 
 def _room_mark(room: Room) -> Mark:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection, Sequence
+from datetime import datetime
 from typing import Any
 
 import pymongo
@@ -18,7 +19,7 @@ from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
 
-from olbproxy.store import Mark, Message, MessageKind, Room, RoomStep
+from olbproxy.store import Mark, Message, MessageKind, Room, RoomStep, Served
 from olbproxy.store.mongo_errors import mongo_errors
 
 Document = dict[str, Any]
@@ -36,8 +37,21 @@ def _duplicates(exc: BulkWriteError, docs: Sequence[Document]) -> set[str]:
     return {str(docs[e["index"]]["_id"]) for e in errors}
 
 
+def _served_doc(served: Served) -> Document:
+    return {"key": served.key, "backend": served.backend, "at": served.at}
+
+
+def _served(value: Any) -> Served | None:
+    if not isinstance(value, dict):
+        return None
+    key, backend, at = value.get("key"), value.get("backend"), value.get("at")
+    if isinstance(key, str) and isinstance(backend, str) and isinstance(at, datetime):
+        return Served(key, backend, at)
+    return None
+
+
 def _room_fields(room: Room) -> Document:
-    return {
+    fields: Document = {
         "user_id": room.user_id,
         "user_name": room.user_name,
         "title": room.title,
@@ -46,6 +60,9 @@ def _room_fields(room: Room) -> Document:
         "updated_at": room.updated_at,
         "turns": room.turns,
     }
+    if room.served is not None:
+        fields["served"] = _served_doc(room.served)
+    return fields
 
 
 def _room(doc: Document) -> Room:
@@ -59,6 +76,7 @@ def _room(doc: Document) -> Room:
         created_at=doc.get("created_at"),
         updated_at=doc.get("updated_at"),
         turns=int(doc.get("turns") or 0),
+        served=_served(doc.get("served")),
     )
 
 
@@ -93,6 +111,10 @@ class MongoRooms(_Collection):
                 [("user_id", ASCENDING), ("updated_at", DESCENDING), ("_id", DESCENDING)],
                 name="user_updated",
             )
+            # The placement feed: rooms whose latest turn ran somewhere since a moment.
+            await self.collection.create_index(
+                [("served.at", ASCENDING)], name="served_at", sparse=True
+            )
         self.indexed = True
 
     async def get(self, room_id: str) -> Room | None:
@@ -118,10 +140,13 @@ class MongoRooms(_Collection):
     async def advance(self, steps: Sequence[RoomStep]) -> None:
         if not steps:
             return
-        ops = [
-            UpdateOne({"_id": s.room_id}, {"$max": {"turns": s.turns, "updated_at": s.updated_at}})
-            for s in steps
-        ]
+        ops = []
+        for step in steps:
+            change: Document = {"$max": {"turns": step.turns, "updated_at": step.updated_at}}
+            if step.served is not None:
+                # Records are filed in the order their exchanges ended: the last one wins.
+                change["$set"] = {"served": _served_doc(step.served)}
+            ops.append(UpdateOne({"_id": step.room_id}, change))
         with mongo_errors(self.seconds):
             await self.collection.bulk_write(ops, ordered=False)
 
@@ -151,6 +176,15 @@ class MongoRooms(_Collection):
         with mongo_errors(self.seconds):
             result = await self.collection.delete_one({"_id": room_id})
         return result.deleted_count > 0
+
+    async def placements(self, since: datetime, *, limit: int) -> Sequence[tuple[str, Served]]:
+        query = {"served.at": {"$gte": since}}
+        with mongo_errors(self.seconds):
+            cursor = (
+                self.collection.find(query, {"served": 1}).sort("served.at", ASCENDING).limit(limit)
+            )
+            docs = [doc async for doc in cursor]
+        return [(str(d["_id"]), s) for d in docs if (s := _served(d.get("served"))) is not None]
 
 
 class MongoMessages(_Collection):

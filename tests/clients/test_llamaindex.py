@@ -14,6 +14,8 @@ from llama_index.core.llms import ChatMessage
 from llama_index.core.tools import FunctionTool, ToolSelection
 from llama_index.llms.ollama import Ollama
 
+from olbproxy.health import USER_AGENT
+
 from .scene import BIG, SMALL, STATUSES, Clients, refused
 
 Closing = Callable[[Any], Any]
@@ -40,7 +42,8 @@ async def test_chat_asks_show_first_then_answers_with_usage(
     assert answer.raw is not None
     assert answer.raw["usage"] == {"prompt_tokens": 5, "completion_tokens": 12, "total_tokens": 17}
 
-    seen = [r for r in clients.small.requests if r.path != "/api/version"]  # health probes
+    # Apart from the health checker's probes (its own User-Agent).
+    seen = [r for r in clients.small.requests if r.headers.get("User-Agent") != USER_AGENT]
     assert [r.path for r in seen] == ["/api/show", "/api/chat"]
     assert llm.metadata.context_window == 131072  # from /api/show's model_info
     sent = json.loads(seen[1].body)

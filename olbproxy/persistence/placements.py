@@ -1,0 +1,82 @@
+"""Placements: where other proxies (and this one before a restart) placed each room's turns.
+
+The recorder writes, with each room, where its latest turn ran and the key of that
+turn's whole prompt (``Room.served``). This feed reads them back into the planner
+(``Planner.remember``): at start everything from the last ``placement.horizon``
+seconds, then every ``placement.refresh`` seconds what is new. So a restarted proxy,
+or a second one sharing the database, sends the next turn of a conversation to the
+instance that holds it. It runs beside the request path and never in it: a request
+uses whatever has been read so far, and a database that does not answer only means
+the feed tries again later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+
+from aiohttp import web
+
+from olbproxy.errors import ProxyError
+from olbproxy.placement import Planner
+from olbproxy.settings import PlacementSettings
+from olbproxy.store import Rooms, now
+
+log = logging.getLogger("olbproxy.persistence.placements")
+
+PAGE = 1000
+
+
+class PlacementFeed:
+    """Reads recorded placements into the planner (see the module docstring)."""
+
+    def __init__(self, rooms: Rooms, planner: Planner, settings: PlacementSettings) -> None:
+        self.rooms = rooms
+        self.planner = planner
+        self.settings = settings
+        self.since: datetime = now() - timedelta(seconds=settings.horizon)
+        self.read = 0  # placements taken in so far
+        self.loaded = asyncio.Event()  # the first load (from the horizon on) is done
+
+    async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
+        """cleanup_ctx: the feed runs as long as the app."""
+        task = asyncio.create_task(self.run(), name="olbproxy-placement-feed")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.load()
+                self.loaded.set()
+            except ProxyError as exc:
+                log.info(
+                    "placements not read (%s); trying again in %gs", exc, self.settings.refresh
+                )
+            await asyncio.sleep(self.settings.refresh)
+
+    async def load(self) -> int:
+        """Read what is new since the last read; returns how many placements that was."""
+        taken = 0
+        while True:
+            page = await self.rooms.placements(self.since, limit=PAGE)
+            pairs = []
+            for _room, served in page:
+                try:
+                    pairs.append((bytes.fromhex(served.key), served.backend))
+                except ValueError:
+                    continue  # not a key of ours
+            taken += self.planner.remember(pairs)
+            latest = max((served.at for _, served in page), default=self.since)
+            # From the newest moment seen on (equal moments are read again, harmlessly).
+            if len(page) < PAGE or latest == self.since:
+                self.since = latest
+                break
+            self.since = latest
+        self.read += taken
+        return taken

@@ -1,0 +1,559 @@
+"""Placement: which instance of a group takes a model request, by what it costs there.
+
+The group is chosen by model (routing.py); inside it, each instance with a free slot
+(or worth waiting for) costs, in seconds:
+
+    wait for a slot  +  load the model if it is not resident  +  prefill what it lacks
+
+and the cheapest one wins. The terms come from what the instances have shown:
+
+* **what it lacks**: the request's prompt (prompt.py) cut at message boundaries, looked
+  up in the ``PrefixIndex`` of prompts each instance has served: the deepest boundary
+  an instance holds is cached there, unless the instance lost it since (its model was
+  unloaded or loaded afresh: ``Backend.epochs``; or it has processed more than
+  ``placement.cache_tokens`` of other prompts since). A continuation's own previous
+  exchange is the *sticky* instance; a shared system prompt and tool list, or an older
+  turn, make a *prefix* instance (when worth at least ``MIN_PREFIX_TOKENS``);
+* **prefill** and **load**: rates.py, learned per instance from the final chunks;
+* **wait**: the running answers there, at the instance's decode rate, with the typical
+  answer length where the request gave no limit; one that runs long is assumed to need
+  half its overrun again, so a stuck instance stops looking cheap.
+
+Costs within ``TIE`` of the cheapest are a tie, broken by round-robin among the
+instances with a free slot, which is how unrelated new conversations still spread
+evenly and a cold instance (its load is in its cost) is taken only when no warm one
+could serve sooner. The reasons, counted by the metrics and kept on each record:
+
+    sticky         to the instance that served the exchange this one continues
+    prefix         to the instance holding the longest worthwhile prefix
+    resident       no prefix anywhere: round-robin among instances with the model loaded
+    cold           the model is loaded nowhere with a free slot worth taking: a load
+    fallback_busy  the instance with the prefix was busy and waiting cost more
+    round_robin    the group's placement is round_robin (the next free instance)
+
+Waiting requests are placed by the same rule whenever a slot frees (admission.py asks
+``choose`` again); a request that would rather wait while another instance is free asks
+to be looked at again once its expected wait has half passed.
+
+``Planner.observe`` (an ``OllamaApi`` observer) learns from every finished exchange,
+and ``Planner.remember`` takes placements other proxies recorded with their rooms.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from olbproxy.exchange import Exchange, Placed
+from olbproxy.pool import Backend, Group, Pool, SlotPlacement
+from olbproxy.prompt import Prompt, prompt_of
+from olbproxy.rates import Learned, Sample
+from olbproxy.routing import normalise_model
+from olbproxy.settings import PinnedOptions, PlacementSettings
+
+log = logging.getLogger("olbproxy.placement")
+
+REASONS = ("sticky", "prefix", "resident", "round_robin", "cold", "fallback_busy")
+MIN_PREFIX_TOKENS = 256  # a shorter shared prefix saves less than it would unbalance
+TIE = 0.15  # costs within 15 % of the cheapest are equal
+INDEX_SIZE = 200_000  # boundary hashes remembered, least recently used out
+RECHECK = 0.5  # of the expected wait: when a request that chose to wait looks again
+BALANCE = 1.5  # work ratio beyond which a shared prefix no longer draws new conversations
+
+
+@dataclass(slots=True)
+class Stamp:
+    """One instance holding one boundary: the cache state it was recorded in."""
+
+    epoch: int | None  # Backend.epochs[model] then; None: unknown (another proxy's record)
+    stored: int | None  # prompt tokens the instance had processed then
+    whole: bool  # the boundary was a whole prompt served there (an exchange key)
+
+
+class PrefixIndex:
+    """Boundary hash -> the instances that have served a prompt with that prefix."""
+
+    def __init__(self, size: int = INDEX_SIZE) -> None:
+        self.size = size
+        self._entries: OrderedDict[bytes, dict[str, Stamp]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _put(self, key: bytes, backend: str, stamp: Stamp) -> None:
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = {}
+        else:
+            self._entries.move_to_end(key)
+            stamp.whole = stamp.whole or (backend in entry and entry[backend].whole)
+        entry[backend] = stamp
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def record(self, prompt: Prompt, backend: str, epoch: int, stored: int) -> None:
+        for key in prompt.hashes:
+            self._put(key, backend, Stamp(epoch, stored, key == prompt.key))
+
+    def remember(self, key: bytes, backend: str) -> None:
+        """A whole prompt another proxy saw served there (no cache state known)."""
+        if backend not in self._entries.get(key, {}):
+            self._put(key, backend, Stamp(None, None, True))
+
+    def holders(self, prompt: Prompt, valid: Callable[[str, Stamp], bool]) -> dict[str, int]:
+        """Each instance's deepest valid boundary of ``prompt`` (index into its hashes)."""
+        found: dict[str, int] = {}
+        for depth in range(len(prompt.hashes) - 1, -1, -1):
+            entry = self._entries.get(prompt.hashes[depth])
+            if not entry:
+                continue
+            for backend, stamp in entry.items():
+                if backend not in found and valid(backend, stamp):
+                    found[backend] = depth
+        return found
+
+    def served(self, key: bytes) -> dict[str, Stamp]:
+        return {b: s for b, s in self._entries.get(key, {}).items() if s.whole}
+
+
+@dataclass(slots=True)
+class Ticket:
+    """A request running (or loading, or prefilling) on an instance."""
+
+    exchange: Exchange
+    model: str
+    started: float  # monotonic, when the slot was taken
+    before: float  # seconds expected before its first token (load + prefill)
+    answer_tokens: float
+
+
+@dataclass(slots=True)
+class Option:
+    backend: Backend
+    cost: float
+    wait: float
+    cached: float  # tokens
+    kind: str  # sticky, prefix or ""
+    free: bool
+    resident: bool
+    loading: bool = False  # not resident, but a load is under way
+
+
+@dataclass(slots=True)
+class Decision:
+    """What ``Planner.choose`` decided for one request at one moment."""
+
+    backend: Backend | None  # None: wait
+    reason: str = ""
+    option: Option | None = None  # the chosen one, or the one worth waiting for
+    recheck: float | None = None  # seconds until a fresh look, when waiting by choice
+
+
+class Planner:
+    """Cache-aware placement for the whole pool (see the module docstring)."""
+
+    def __init__(self, pool: Pool, settings: PlacementSettings) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.index = PrefixIndex()
+        self.learned = Learned()
+        self.tickets: dict[str, list[Ticket]] = {}
+        self.waiting: dict[object, str] = {}  # a waiting request -> the instance it waits for
+        self._stored: Counter[tuple[str, str]] = Counter()  # prompt tokens per instance, model
+        self._cursors: dict[tuple[str, str], int] = {}
+        # Seconds of work each instance has done (load, prefill, decode): equally good
+        # instances take new work least busy first, so a day's work spreads evenly.
+        self.work: dict[str, float] = {}
+        # Loads started ahead of need, (backend, model) -> when (see ``_ahead``).
+        self.loading: dict[tuple[str, str], float] = {}
+        # Starts a load of a model on an instance (the app wires it to warmup.py).
+        self.load_ahead: Callable[[Backend, Group, str], None] | None = None
+        # For the metrics, read at scrape time.
+        self.placements: Counter[tuple[str, str]] = Counter()  # (group, reason)
+        self.prefill_seconds: dict[tuple[str, str], float] = {}  # (group, backend)
+        self.saved_seconds: dict[tuple[str, str], float] = {}
+        self.loads_ahead: Counter[tuple[str, str]] = Counter()  # (group, backend)
+
+    # -- for the request path --------------------------------------------------------------
+
+    def seat(
+        self,
+        group: Group,
+        model: str,
+        user: str,
+        exchange: Exchange,
+        body: dict[str, Any] | None,
+        raw: bytes,
+        *,
+        interactive: bool,
+    ) -> tuple[Seat | SlotPlacement, bytes]:
+        """The placement for one model request, and the bytes to send (pinned options).
+        ``body``: the parsed JSON body, None for a request that has none (a form)."""
+        pinned = with_pins(body, group.settings.pin_options) if body is not None else None
+        if pinned is not None:
+            body, raw = pinned, orjson.dumps(pinned)
+        if group.settings.placement == "round_robin":
+            exchange.placed = Placed("round_robin")
+            placement = SlotPlacement(self.pool, group, model, user, interactive, self.placements)
+            return placement, raw
+        prompt = prompt_of(exchange.endpoint, model, body) if body is not None else None
+        exchange.placed = Placed("", prompt)
+        return Seat(self, group, model, user, interactive, exchange), raw
+
+    def choose(
+        self,
+        group: Group,
+        model: str,
+        prompt: Prompt | None,
+        exclude: Collection[Backend] = (),
+        me: object = None,
+    ) -> Decision:
+        """Where a request goes now, or which instance it is worth waiting for."""
+        options = self._options(group, model, prompt, exclude, me)
+        if not options:
+            return Decision(None)
+        sticky = next((o for o in options if o.kind == "sticky" and o.free), None)
+        if sticky is not None:
+            return Decision(sticky.backend, "sticky", sticky)
+        best = min(options, key=lambda o: o.cost)
+        if not best.free:
+            # Waiting is cheapest: re-reading a prompt elsewhere would also take GPU time
+            # from everyone else, so a free instance must be cheaper, not about as cheap.
+            recheck = None
+            if any(o.free for o in options):
+                recheck = max(best.wait * RECHECK, 1e-3)
+            self._ahead(group, model, options)
+            return Decision(None, option=best, recheck=recheck)
+        free = [o for o in options if o.free and o.cost <= best.cost * (1 + TIE) + 1e-9]
+        chosen = self._next(group, model, free)
+        chosen = self._balanced(chosen, options)
+        reason = self._reason(chosen, options)
+        if log.isEnabledFor(logging.DEBUG):
+            seen = ", ".join(
+                f"{o.backend.label} {o.cost:.3f}s{'' if o.free else ' busy'}"
+                f"{' resident' if o.resident else ' loading' if o.loading else ' cold'}"
+                f"{' ' + o.kind if o.kind else ''}"
+                for o in options
+            )
+            log.debug("%s to %s (%s): %s", model, chosen.backend.label, reason, seen)
+        return Decision(chosen.backend, reason, chosen)
+
+    def _balanced(self, chosen: Option, options: list[Option]) -> Option:
+        """A new conversation drawn by a shared prefix (a system prompt, a tool list) goes
+        to the least busy warm instance instead, when the holder has done more than
+        ``BALANCE`` times its work: one prefill of the shared part there, and from then on
+        that instance holds it too. Without this the first instance to hold a popular
+        prefix would collect every conversation that uses it. Continuations stay sticky."""
+        if chosen.kind != "prefix":
+            return chosen
+        idle = [o for o in options if o.free and o.resident and o is not chosen]
+        if not idle:
+            return chosen
+        least = min(idle, key=lambda o: self.work.get(o.backend.label, 0.0))
+        mine = self.work.get(chosen.backend.label, 0.0)
+        if mine > BALANCE * self.work.get(least.backend.label, 0.0) + 1e-9:
+            return least
+        return chosen
+
+    def _ahead(self, group: Group, model: str, options: list[Option]) -> None:
+        """A request waits because every warm instance is full: load the model on an idle
+        one for what comes next.
+
+        The request at hand still waits where that costs least; but demand that fills
+        the warm instances will come again, and a load paid once serves it for the rest
+        of the instance's keep_alive. One load under way per group and model at a time.
+        """
+        warm = [o for o in options if o.resident]
+        if self.load_ahead is None or not warm or any(o.free for o in warm):
+            return
+        if any(o.loading for o in options):
+            return
+        spare = [o for o in options if o.free and not o.resident]
+        if not spare:
+            return
+        backend = spare[0].backend
+        self.loading[backend.label, model] = time.monotonic()
+        self.loads_ahead[group.name, backend.label] += 1
+        log.info("group %s: every warm instance is busy; loading %s on %s", group.name,
+                 model, backend.label)  # fmt: skip
+        self.load_ahead(backend, group, model)
+
+    def _options(
+        self,
+        group: Group,
+        model: str,
+        prompt: Prompt | None,
+        exclude: Collection[Backend],
+        me: object,
+    ) -> list[Option]:
+        backends = [b for b in group.backends if b.healthy and b not in exclude]
+        if not backends:
+            return []
+        now, wall = time.monotonic(), time.time()
+        per_byte = self.learned.tokens_per_byte(model)
+        holders: dict[str, int] = {}
+        sticky: set[str] = set()
+        if prompt is not None:
+            by_label = {b.label: b for b in backends}
+
+            def valid(label: str, stamp: Stamp) -> bool:
+                backend = by_label.get(label)
+                return backend is not None and self._valid(backend, model, stamp)
+
+            holders = self.index.holders(prompt, valid)
+            if (continued := prompt.continued) is not None:
+                sticky = {b for b, s in self.index.served(continued).items() if valid(b, s)}
+        total = prompt.size * per_byte if prompt is not None else 0.0
+        options = []
+        for backend in backends:
+            label = backend.label
+            resident = backend.is_resident(model, wall)
+            load = 0.0 if resident else self.learned.load(label, model)
+            running = [t.started for t in self.tickets.get(label, ()) if t.model == model]
+            ahead = self.loading.get((label, model))
+            if ahead is not None:
+                if resident or now - ahead > 3 * load + 1.0:
+                    del self.loading[label, model]  # done (or given up on)
+                elif not resident:
+                    running.append(ahead)
+            if running and not resident:
+                # Loading for someone else already: only what is left of that load.
+                load = max(load - (now - min(running)), 0.0)
+            cached, kind = 0.0, ""
+            if resident and prompt is not None:
+                if label in sticky and prompt.continues is not None:
+                    cached, kind = prompt.sizes[prompt.continues] * per_byte, "sticky"
+                depth = holders.get(label)
+                if depth is not None and prompt.sizes[depth] * per_byte > cached:
+                    cached = prompt.sizes[depth] * per_byte
+                    kind = kind or "prefix"
+                if kind == "prefix" and cached < MIN_PREFIX_TOKENS:
+                    cached, kind = 0.0, ""
+            free = backend.has_slot(model)
+            wait = 0.0 if free else self._wait(backend, model, me, now)
+            prefill = max(total - cached, 0.0) / self.learned.prefill(label, model)
+            cost = wait + load + prefill
+            loading = bool(running) and not resident
+            options.append(Option(backend, cost, wait, cached, kind, free, resident, loading))
+        return options
+
+    def _valid(self, backend: Backend, model: str, stamp: Stamp) -> bool:
+        if stamp.epoch is not None and stamp.epoch != backend.epochs.get(model, 0):
+            return False  # the model was unloaded or reloaded there since
+        if stamp.stored is None:
+            return True
+        return self._stored[backend.label, model] - stamp.stored <= self.settings.cache_tokens
+
+    def _next(self, group: Group, model: str, free: list[Option]) -> Option:
+        """Among equally good options: warm before loading before cold, then the one that
+        has worked least, then round-robin in the group's order (alike requests
+        alternate, since each adds its work)."""
+        order = {b: i for i, b in enumerate(group.backends)}
+        cursor = self._cursors.get((group.name, model), 0)
+        n = max(len(group.backends), 1)
+        work = self.work
+        chosen = min(
+            free,
+            key=lambda o: (
+                0 if o.resident else 1 if o.loading else 2,  # cold instances last
+                work.get(o.backend.label, 0.0),
+                (order[o.backend] - cursor) % n,
+            ),
+        )
+        self._cursors[group.name, model] = (order[chosen.backend] + 1) % n
+        return chosen
+
+    @staticmethod
+    def _reason(chosen: Option, options: list[Option]) -> str:
+        if chosen.kind == "sticky":
+            return "sticky"
+        if any(o.kind and not o.free and o.cached > chosen.cached for o in options):
+            return "fallback_busy"
+        if chosen.kind:
+            return chosen.kind
+        return "resident" if chosen.resident else "cold"
+
+    def _wait(self, backend: Backend, model: str, me: object, now: float) -> float:
+        """Seconds until a slot frees for this request, ahead of others waiting there."""
+        label = backend.label
+        left = sorted(
+            self._left(t, label, now) for t in self.tickets.get(label, ()) if t.model == model
+        )
+        service = self.learned.answer_tokens(model) / self.learned.decode(label, model)
+        if not left:
+            return service  # busy with requests we did not place (another group's)
+        ahead = sum(
+            1 for other, there in self.waiting.items() if there == label and other is not me
+        )
+        return left[ahead % len(left)] + (ahead // len(left)) * service
+
+    def _left(self, ticket: Ticket, label: str, now: float) -> float:
+        answer = ticket.answer_tokens / self.learned.decode(label, ticket.model)
+        first = ticket.exchange.first_byte
+        if first is not None and ticket.exchange.stream:
+            spent, total = now - first, answer
+        else:
+            spent, total = now - ticket.started, ticket.before + answer
+        return max(total - spent, 0.5 * (spent - total), 0.1 * answer)
+
+    # -- tickets --------------------------------------------------------------------------
+
+    def started(self, backend: Backend, exchange: Exchange, model: str, option: Option) -> Ticket:
+        prompt = exchange.placed.prompt if exchange.placed is not None else None
+        typical = self.learned.answer_tokens(model)
+        limit = prompt.answer_tokens if prompt is not None else None
+        ticket = Ticket(
+            exchange,
+            model,
+            time.monotonic(),
+            option.cost - option.wait,
+            min(limit, typical) if limit else typical,
+        )
+        self.tickets.setdefault(backend.label, []).append(ticket)
+        return ticket
+
+    def ended(self, backend: Backend, ticket: Ticket) -> None:
+        running = self.tickets.get(backend.label)
+        if running and ticket in running:
+            running.remove(ticket)
+
+    # -- learning -------------------------------------------------------------------------
+
+    def observe(self, exchange: Exchange) -> None:
+        """Learn from a finished exchange (an ``OllamaApi`` observer)."""
+        placed = exchange.placed
+        backend = self.pool.backend(exchange.backend)
+        if placed is None or backend is None or not exchange.model:
+            return
+        if exchange.outcome != "done" or not 200 <= exchange.status < 400:
+            return
+        model = normalise_model(exchange.model)
+        sample = Sample.of(exchange.counters)
+        load = sample.load_seconds
+        cold = load is not None and load >= self.settings.cold_load_seconds
+        backend.note_answer(model, cold=cold)
+        prompt = placed.prompt
+        label = backend.label
+        self.learned.learn(
+            label,
+            model,
+            sample,
+            cold=cold,
+            expected_miss=placed.cached_tokens <= 0.1 * max(sample.prompt_tokens, 1),
+            prompt_bytes=prompt.size if prompt is not None else 0,
+        )
+        group = exchange.group or ""
+        if sample.prompt_seconds > 0:
+            spent = self.prefill_seconds
+            spent[group, label] = spent.get((group, label), 0.0) + sample.prompt_seconds
+            full = sample.prompt_tokens / self.learned.prefill(label, model)
+            saved = self.saved_seconds
+            saved[group, label] = saved.get((group, label), 0.0) + max(
+                full - sample.prompt_seconds, 0.0
+            )
+        # What the instance's caches gained: a continuation replaces its own earlier
+        # prompt (a prefix of the new one), anything else adds a whole prompt.
+        gained = sample.prompt_tokens + sample.answer_tokens
+        if placed.reason == "sticky":
+            gained -= min(int(placed.cached_tokens), sample.prompt_tokens)
+        self._stored[label, model] += gained
+        done = sample.prompt_seconds + sample.answer_seconds + ((load or 0.0) if cold else 0.0)
+        self.work[label] = self.work.get(label, 0.0) + done
+        if prompt is not None:
+            epoch = backend.epochs.get(model, 0)
+            self.index.record(prompt, label, epoch, self._stored[label, model])
+
+    def remember(self, placements: Iterable[tuple[bytes, str]]) -> int:
+        """Whole prompts other proxies saw served, as (exchange key, backend label)."""
+        count = 0
+        labels = {b.label for b in self.pool.all_backends()}
+        for key, label in placements:
+            if label in labels:
+                self.index.remember(key, label)
+                count += 1
+        return count
+
+    def header(self, exchange: Exchange) -> str | None:
+        """The ``X-Olbproxy-Placement`` value: the decision in a few words."""
+        placed = exchange.placed
+        if placed is None or not placed.reason:
+            return None
+        return (
+            f"{placed.reason}; backend={exchange.backend}; "
+            f"cached_tokens={placed.cached_tokens:.0f}; queued={exchange.queue_wait:.3f}s"
+        )
+
+
+def with_pins(body: dict[str, Any], pins: PinnedOptions) -> dict[str, Any] | None:
+    """The body with the group's pinned runner options, or None when nothing changes."""
+    if not pins:
+        return None
+    options = body.get("options")
+    options = options if isinstance(options, dict) else {}
+    if all(options.get(k) == v and type(options.get(k)) is type(v) for k, v in pins):
+        return None
+    return {**body, "options": {**options, **dict(pins)}}
+
+
+class Seat:
+    """A model request's slot, where the planner says (relay.Placement)."""
+
+    __slots__ = ("exchange", "group", "interactive", "model", "planner", "ticket", "user")
+
+    def __init__(
+        self,
+        planner: Planner,
+        group: Group,
+        model: str,
+        user: str,
+        interactive: bool,
+        exchange: Exchange,
+    ) -> None:
+        self.planner, self.group, self.model = planner, group, model
+        self.user, self.interactive, self.exchange = user, interactive, exchange
+        self.ticket: Ticket | None = None
+
+    def _choose(self, exclude: Collection[Backend]) -> Backend | None:
+        planner = self.planner
+        placed = self.exchange.placed
+        prompt = placed.prompt if placed is not None else None
+        decision = planner.choose(self.group, self.model, prompt, exclude, me=self)
+        if decision.backend is None:
+            if decision.option is not None:
+                planner.waiting[self] = decision.option.backend.label
+            if decision.recheck is not None:
+                self.group.admission.wake_in(decision.recheck)
+            return None
+        planner.waiting.pop(self, None)
+        option = decision.option
+        assert option is not None
+        if placed is not None:
+            placed.reason, placed.cached_tokens = decision.reason, option.cached
+        planner.placements[self.group.name, decision.reason] += 1
+        self.ticket = planner.started(decision.backend, self.exchange, self.model, option)
+        return decision.backend
+
+    async def acquire(self, exclude: Collection[Backend]) -> Backend:
+        try:
+            return await self.group.admission.acquire(
+                self.model,
+                user=self.user,
+                interactive=self.interactive,
+                exclude=exclude,
+                choose=self._choose,
+            )
+        finally:
+            self.planner.waiting.pop(self, None)
+
+    def release(self, backend: Backend) -> None:
+        if self.ticket is not None:
+            self.planner.ended(backend, self.ticket)
+            self.ticket = None
+        backend.give(self.model)
+        self.planner.pool.slot_freed(backend)

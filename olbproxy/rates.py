@@ -1,0 +1,180 @@
+"""Rates: what each instance has shown it can do, learned from Ollama's own counters. Pure.
+
+Every final chunk carries ``prompt_eval_count`` (all prompt tokens, cached or not),
+``prompt_eval_duration`` (the uncached part only), ``eval_count``/``eval_duration``
+and ``load_duration``. From them, per instance and model:
+
+* **prefill** tokens/s, learned only from prompts placement expected to be uncached: a
+  cache hit shows as a "rate" far above the real one, and a few of those would make
+  every re-prefill look free. A sample more than ``HIT_FACTOR`` times the current
+  estimate is taken for an unexpected hit (llama-server's host-RAM cache) and ignored;
+* **decode** tokens/s, from every answer long enough to time;
+* **load** seconds, from answers whose ``load_duration`` says the model was loaded;
+
+and per model: tokens per byte of the request's prompt (to count a prompt's tokens
+before it is sent) and the typical answer length (to tell how long a running answer
+still takes). Each figure is the median of its recent samples, so one odd answer moves
+nothing. The instances of a group are usually alike (one Mac, one model), and a small
+difference between their figures is measurement noise that must not steer requests:
+an instance uses the median of all instances' samples unless its own (from at least
+``OWN_SAMPLES``) differs from that by more than ``DIFFERENT`` times. Before any answer
+at all, ``PRIORS``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+
+SAMPLES = 15
+HIT_FACTOR = 3.0
+# Until the first answers: an M3 Ultra running gpt-oss:20b, roughly (README).
+PRIORS = {
+    "prefill": 1000.0,
+    "decode": 60.0,
+    "load": 10.0,
+    "tokens_per_byte": 0.25,
+    "answer_tokens": 300.0,
+}
+MIN_PROMPT_TOKENS = 64  # shorter prompts time the overheads more than the prefill
+MIN_ANSWER_TOKENS = 8
+OWN_SAMPLES = 5
+DIFFERENT = 2.0
+
+
+class Estimate:
+    """The median of the last ``SAMPLES`` values (None before the first)."""
+
+    __slots__ = ("samples",)
+
+    def __init__(self) -> None:
+        self.samples: deque[float] = deque(maxlen=SAMPLES)
+
+    def add(self, value: float) -> None:
+        self.samples.append(value)
+
+    @property
+    def value(self) -> float | None:
+        return statistics.median(self.samples) if self.samples else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+@dataclass(slots=True)
+class Rates:
+    """One instance's figures for one model."""
+
+    prefill: Estimate = field(default_factory=Estimate)
+    decode: Estimate = field(default_factory=Estimate)
+    load: Estimate = field(default_factory=Estimate)
+
+
+@dataclass(slots=True, frozen=True)
+class Sample:
+    """What one finished answer says (durations in seconds; None when absent)."""
+
+    prompt_tokens: int = 0
+    prompt_seconds: float = 0.0
+    answer_tokens: int = 0
+    answer_seconds: float = 0.0
+    load_seconds: float | None = None
+
+    @classmethod
+    def of(cls, counters: dict[str, object]) -> Sample:
+        def number(key: str) -> float:
+            value = counters.get(key)
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            return float(value) if ok else 0.0  # type: ignore[arg-type]
+
+        load = counters.get("load_duration")
+        return cls(
+            prompt_tokens=int(number("prompt_eval_count")),
+            prompt_seconds=number("prompt_eval_duration") / 1e9,
+            answer_tokens=int(number("eval_count")),
+            answer_seconds=number("eval_duration") / 1e9,
+            load_seconds=number("load_duration") / 1e9 if load is not None else None,
+        )
+
+
+class Learned:
+    """Every instance's rates and every model's token figures."""
+
+    def __init__(self) -> None:
+        self._rates: dict[tuple[str, str], Rates] = {}
+        self._tokens_per_byte: dict[str, Estimate] = {}
+        self._answers: dict[str, deque[int]] = {}
+
+    def rates(self, backend: str, model: str) -> Rates:
+        found = self._rates.get((backend, model))
+        if found is None:
+            found = self._rates[backend, model] = Rates()
+        return found
+
+    def _figure(self, backend: str, model: str, kind: str) -> float:
+        own: Estimate = getattr(self.rates(backend, model), kind)
+        everyone: list[float] = [
+            value
+            for (_, m), rates in self._rates.items()
+            if m == model
+            for value in getattr(rates, kind).samples
+        ]
+        if not everyone:
+            return PRIORS[kind]
+        pooled = statistics.median(everyone)
+        mine = own.value if len(own) >= OWN_SAMPLES else None
+        if mine is not None and not 1 / DIFFERENT <= mine / pooled <= DIFFERENT:
+            return mine  # really another kind of instance (another machine, another GPU)
+        return pooled
+
+    def prefill(self, backend: str, model: str) -> float:
+        return self._figure(backend, model, "prefill")
+
+    def decode(self, backend: str, model: str) -> float:
+        return self._figure(backend, model, "decode")
+
+    def load(self, backend: str, model: str) -> float:
+        return self._figure(backend, model, "load")
+
+    def tokens_per_byte(self, model: str) -> float:
+        estimate = self._tokens_per_byte.get(model)
+        value = estimate.value if estimate is not None else None
+        return value if value is not None else PRIORS["tokens_per_byte"]
+
+    def answer_tokens(self, model: str) -> float:
+        recent = self._answers.get(model)
+        return statistics.fmean(recent) if recent else PRIORS["answer_tokens"]
+
+    def learn(
+        self,
+        backend: str,
+        model: str,
+        sample: Sample,
+        *,
+        cold: bool,
+        expected_miss: bool,
+        prompt_bytes: int,
+    ) -> None:
+        """Take in one finished answer (see the module docstring for what counts)."""
+        rates = self.rates(backend, model)
+        if cold and sample.load_seconds is not None:
+            rates.load.add(sample.load_seconds)
+        if sample.answer_tokens >= MIN_ANSWER_TOKENS and sample.answer_seconds > 0:
+            rates.decode.add(sample.answer_tokens / sample.answer_seconds)
+        if sample.answer_tokens:
+            self._answers.setdefault(model, deque(maxlen=50)).append(sample.answer_tokens)
+        if prompt_bytes and sample.prompt_tokens:
+            estimate = self._tokens_per_byte.setdefault(model, Estimate())
+            estimate.add(sample.prompt_tokens / prompt_bytes)
+        if sample.prompt_tokens < MIN_PROMPT_TOKENS or sample.prompt_seconds <= 0:
+            return
+        apparent = sample.prompt_tokens / sample.prompt_seconds
+        current = rates.prefill.value
+        unexpected_hit = current is not None and apparent > HIT_FACTOR * current
+        if (cold or expected_miss) and not (unexpected_hit and len(rates.prefill) >= 5):
+            rates.prefill.add(apparent)
+
+    def table(self) -> list[tuple[str, str, Rates]]:
+        """(backend, model, rates) of every pair that has learned something."""
+        return [(b, m, r) for (b, m), r in sorted(self._rates.items())]
