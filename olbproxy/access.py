@@ -135,6 +135,7 @@ class AccessLog:
                 "model": exchange.model,
                 "group": exchange.group,
                 "instance": exchange.backend,
+                "placement": exchange.placed.reason or None if exchange.placed else None,
                 "status": exchange.status or None,
                 "outcome": outcome,
                 "reason": reason,

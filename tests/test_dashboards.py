@@ -121,6 +121,10 @@ def test_dashboard_shows_what_the_issue_asks_for() -> None:
         "cold loads",
         "backend health",
         "persistence backlog",
+        "placements by reason",
+        "prompt evaluation: spent and saved",
+        "event loop lag",
+        "garbage collection",
     ):
         assert wanted in titles, wanted
 
