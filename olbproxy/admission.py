@@ -18,36 +18,71 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Generic, Protocol, TypeVar
 
 from olbproxy.errors import Unavailable
+from olbproxy.settings import GroupSettings
 
-if TYPE_CHECKING:
-    from olbproxy.pool import Backend, Group
+
+class Slots(Protocol):
+    """An instance as the queue sees it (pool.B): slots taken and given back."""
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def last_error(self) -> str | None: ...
+
+    def take(self, model: str) -> None: ...
+
+    def give(self, model: str) -> None: ...
+
+
+B = TypeVar("B", bound=Slots)
+
+
+class Members(Protocol[B]):
+    """A group as the queue sees it (pool.Group): which instance has a free slot."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def settings(self) -> GroupSettings: ...
+
+    @property
+    def backends(self) -> Sequence[B]: ...
+
+    slot_freed: Callable[[B], None]
+
+    def pick(self, model: str, exclude: Collection[B] = ()) -> B | None: ...
+
+    def healthy(self, exclude: Collection[B] = ()) -> list[B]: ...
+
 
 # A backend with a free slot for the request (not one of those excluded), or None: wait.
-Choose = Callable[[Collection["Backend"]], "Backend | None"]
+Choose = Callable[[Collection[B]], B | None]
 
 
 @dataclass(eq=False)
-class Waiter:
+class Waiter(Generic[B]):
     user: str
     model: str
     interactive: bool
-    exclude: Collection[Backend]
-    future: asyncio.Future[Backend] = field(repr=False)
-    choose: Choose | None = field(default=None, repr=False)
+    exclude: Collection[B]
+    future: asyncio.Future[B] = field(repr=False)
+    choose: Choose[B] | None = field(default=None, repr=False)
     since: float = field(default_factory=time.monotonic)
 
 
-class Admission:
+class Admission(Generic[B]):
     """The wait queue of one group."""
 
-    def __init__(self, group: Group) -> None:
+    def __init__(self, group: Members[B]) -> None:
         self.group = group
-        self._users: OrderedDict[str, tuple[deque[Waiter], deque[Waiter]]] = OrderedDict()
+        self._users: OrderedDict[str, tuple[deque[Waiter[B]], deque[Waiter[B]]]] = OrderedDict()
         self.waiting = 0
         self.closed: str | None = None
         self._wake: asyncio.TimerHandle | None = None
@@ -58,9 +93,9 @@ class Admission:
         *,
         user: str,
         interactive: bool,
-        exclude: Collection[Backend] = (),
-        choose: Choose | None = None,
-    ) -> Backend:
+        exclude: Collection[B] = (),
+        choose: Choose[B] | None = None,
+    ) -> B:
         """Take a slot for ``model`` on a backend not in ``exclude``; wait if none is free
         (or if ``choose`` would rather wait for a busy one)."""
         group = self.group
@@ -79,9 +114,8 @@ class Admission:
                 f"group {group.name!r} is at capacity: all slots are busy and "
                 f"{limit} requests are already waiting"
             )
-        waiter = Waiter(
-            user, model, interactive, exclude, asyncio.get_running_loop().create_future(), choose
-        )
+        future: asyncio.Future[B] = asyncio.get_running_loop().create_future()
+        waiter = Waiter(user, model, interactive, exclude, future, choose)
         self._enqueue(waiter)
         timeout = group.settings.queue_timeout
         try:
@@ -151,14 +185,14 @@ class Admission:
                     self._remove(waiter)
                     waiter.future.set_exception(Unavailable(reason))
 
-    def _enqueue(self, waiter: Waiter) -> None:
+    def _enqueue(self, waiter: Waiter[B]) -> None:
         lanes = self._users.get(waiter.user)
         if lanes is None:
             lanes = self._users[waiter.user] = (deque(), deque())
         lanes[0 if waiter.interactive else 1].append(waiter)
         self.waiting += 1
 
-    def _remove(self, waiter: Waiter) -> bool:
+    def _remove(self, waiter: Waiter[B]) -> bool:
         lanes = self._users.get(waiter.user)
         if lanes is None:
             return False
@@ -172,7 +206,7 @@ class Admission:
             del self._users[waiter.user]
         return True
 
-    def _abandon(self, waiter: Waiter) -> None:
+    def _abandon(self, waiter: Waiter[B]) -> None:
         if self._remove(waiter):
             return
         future = waiter.future
@@ -182,7 +216,7 @@ class Admission:
             backend.give(waiter.model)
             self.group.slot_freed(backend)
 
-    def none_healthy(self, exclude: Collection[Backend]) -> str:
+    def none_healthy(self, exclude: Collection[B]) -> str:
         group = self.group
         if exclude and group.healthy():
             return f"every backend of group {group.name!r} failed this request"

@@ -12,8 +12,6 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import olbproxy
 
 ROOT = Path(olbproxy.__file__).parent
@@ -94,7 +92,6 @@ def test_no_module_imports_one_that_imports_it_back() -> None:
     assert cycles(include_typing=False) == []
 
 
-@pytest.mark.xfail(strict=True, reason="admission still names pool's types; fixed with placement")
 def test_the_fair_queue_imports_nothing_from_the_pool() -> None:
     assert [t for t, _, _ in imports("olbproxy.admission") if t == "olbproxy.pool"] == []
 
