@@ -4,7 +4,9 @@ A real aiohttp server on a real socket that speaks Ollama's wire format byte for
 (``/work/shared/ollama-api.md``). Its public face is :class:`OllamaSimulator` and the
 models it serves; ``python -m olbproxy.simulator`` runs some in a process of their own.
 
-    server.py      OllamaSimulator: lifecycle, model state, faults, recorded requests
+    server.py      OllamaSimulator: lifecycle, model state, recorded requests
+    models.py      the models it serves, its faults and counters, what it received
+    costs.py       the cost model (off by default): loads, slots, caches, prefill, decode
     wire.py        how a Go program writes to the wire (JSON habits, gin's texts, Host check)
     answer.py      what a model answers and how it is paced: tokens, timings, faults
     library.py     list, show, ps, pull, push, create, copy, delete, blobs
@@ -14,14 +16,14 @@ models it serves; ``python -m olbproxy.simulator`` runs some in a process of the
     anthropic.py   /v1/messages
 """
 
-from olbproxy.simulator.server import (
+from olbproxy.simulator.models import (
     DEFAULT_MODELS,
     Faults,
-    OllamaSimulator,
     RecordedRequest,
     SimulatedModel,
     SimulatorStats,
 )
+from olbproxy.simulator.server import OllamaSimulator
 
 __all__ = [
     "DEFAULT_MODELS",

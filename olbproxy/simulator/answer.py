@@ -25,7 +25,7 @@ from aiohttp import web
 from olbproxy.simulator.wire import RUNNER_STOPPED, go_json
 
 if TYPE_CHECKING:
-    from olbproxy.simulator.server import OllamaSimulator, SimulatedModel
+    from olbproxy.simulator.models import Faults, SimulatedModel, SimulatorStats
 
 THINKING, CONTENT, TOOL = 0, 1, 2
 THINKING_TOKENS = 3
@@ -173,7 +173,7 @@ class ModelCall:
 
     __slots__ = ("_sim", "outcome", "tokens")
 
-    def __init__(self, sim: OllamaSimulator) -> None:
+    def __init__(self, sim: Simulator) -> None:
         self._sim = sim
         self.outcome: Outcome | None = None
         self.tokens = 0
@@ -237,7 +237,7 @@ class Timing:
         )
 
 
-def _cutoff(sim: OllamaSimulator) -> tuple[int | None, str]:
+def _cutoff(sim: Simulator) -> tuple[int | None, str]:
     faults = sim.faults
     candidates = [
         (faults.fail_after_tokens, "fail"),
@@ -252,7 +252,7 @@ def _cutoff(sim: OllamaSimulator) -> tuple[int | None, str]:
 
 
 async def deliver(
-    sim: OllamaSimulator,
+    sim: Simulator,
     request: web.Request,
     model: SimulatedModel,
     answer: Reply,
@@ -417,3 +417,69 @@ def _drop(
         request.transport.abort()
     # aiohttp's attempt to finish this response meets the closed transport and gives up.
     return response if response is not None else web.Response()
+
+
+class Delivery(Protocol):
+    """The cost model's way of playing an answer (costs.Instance)."""
+
+    async def deliver(
+        self,
+        request: web.Request,
+        call: ModelCall,
+        model: SimulatedModel,
+        answer: Reply,
+        encoder: Encoder,
+        *,
+        stream: bool,
+        keep_alive: float | None,
+        timing: Timing,
+        cutoff: tuple[int | None, str],
+    ) -> web.StreamResponse: ...
+
+
+class Simulator(Protocol):
+    """The simulator as its route modules see it (server.Simulator): they name this
+    and not the server, which imports them."""
+
+    name: str
+    version: str
+    tokens_per_second: float
+    first_token_delay: float
+    answer_tokens: int
+    cloud_disabled: bool
+    faults: Faults
+    models: dict[str, SimulatedModel]
+    modified_at: dict[str, float]
+    blobs: set[str]
+    loaded: dict[str, float]
+    context_lengths: dict[str, int]
+    stats: SimulatorStats
+
+    @property
+    def costs(self) -> Delivery | None: ...
+
+    def changed(self) -> None: ...
+
+    def add_model(self, model: SimulatedModel, *, modified_at: float | None = None) -> None: ...
+
+    def remove_model(self, name: str) -> bool: ...
+
+    def resolve(self, name: str) -> SimulatedModel | None: ...
+
+    def catalog(self, name: str) -> SimulatedModel: ...
+
+    def is_loaded(self, name: str) -> bool: ...
+
+    def hold(self, name: str) -> None: ...
+
+    async def load(
+        self, model: SimulatedModel, keep_alive: float | None, options: object = None
+    ) -> None: ...
+
+    def release(self, model: SimulatedModel, keep_alive: float | None) -> None: ...
+
+    def unload(self, model: SimulatedModel) -> None: ...
+
+    def model_call(self) -> ModelCall: ...
+
+    async def admit(self) -> tuple[int, str] | None: ...

@@ -31,7 +31,7 @@ from olbproxy.simulator.openai import (
 from olbproxy.simulator.wire import JSON, SSE, Rejected, field, go_json, text
 
 if TYPE_CHECKING:
-    from olbproxy.simulator.server import OllamaSimulator
+    from olbproxy.simulator.answer import Simulator
 
 Handler = Callable[[web.Request], Any]
 _ERROR_TYPES = {
@@ -177,7 +177,7 @@ class MessagesEncoder:
 class Messages:
     """Handler of ``/v1/messages``."""
 
-    def __init__(self, sim: OllamaSimulator) -> None:
+    def __init__(self, sim: Simulator) -> None:
         self.sim = sim
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
@@ -210,5 +210,5 @@ class Messages:
         )
 
 
-def routes(sim: OllamaSimulator) -> list[tuple[str, str, Handler]]:
+def routes(sim: Simulator) -> list[tuple[str, str, Handler]]:
     return [("POST", "/v1/messages", Messages(sim).messages)]

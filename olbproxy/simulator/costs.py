@@ -1,6 +1,6 @@
 """The simulator's cost model: what a request costs an Ollama instance on a Mac, in time.
 
-Off unless a simulator is given one (``OllamaSimulator(costs=CostModel(...))``, or
+Off unless a simulator is given one (``Simulator(costs=CostModel(...))``, or
 ``python -m olbproxy.simulator --costs``); without it every answer is exactly what it
 was before. With it, each simulator behaves like one ``ollama serve`` (0.30+, whose
 runner is llama-server with ``cache_prompt``) on an M3 Ultra:
@@ -65,7 +65,8 @@ from olbproxy.simulator.answer import (
 from olbproxy.simulator.wire import DEFAULT_KEEP_ALIVE, reply
 
 if TYPE_CHECKING:
-    from olbproxy.simulator.server import OllamaSimulator, SimulatedModel
+    from olbproxy.simulator.answer import Simulator
+    from olbproxy.simulator.models import SimulatedModel
 
 BYTES_PER_TOKEN = 4
 RUNNER_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
@@ -313,7 +314,7 @@ class Machine:
 class Instance:
     """The cost model's state for one simulator (see the module docstring)."""
 
-    def __init__(self, sim: OllamaSimulator, model: CostModel, machine: Machine | None) -> None:
+    def __init__(self, sim: Simulator, model: CostModel, machine: Machine | None) -> None:
         self.sim = sim
         self.model = model
         self.machine = machine or Machine()

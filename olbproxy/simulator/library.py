@@ -34,7 +34,8 @@ from olbproxy.simulator.wire import (
 )
 
 if TYPE_CHECKING:
-    from olbproxy.simulator.server import OllamaSimulator, SimulatedModel
+    from olbproxy.simulator.answer import Simulator
+    from olbproxy.simulator.models import SimulatedModel
 
 Handler = Callable[[web.Request], Any]
 Progress = dict[str, Any]
@@ -109,7 +110,7 @@ def _model_name(body: dict[str, Any], go_type: str) -> str:
 class Library:
     """Handlers of the model-management routes and the plain ones (``/``, version)."""
 
-    def __init__(self, sim: OllamaSimulator) -> None:
+    def __init__(self, sim: Simulator) -> None:
         self.sim = sim
 
     async def root(self, request: web.Request) -> web.StreamResponse:
@@ -350,7 +351,7 @@ class Library:
         return web.Response(status=201)
 
 
-def routes(sim: OllamaSimulator) -> list[tuple[str, str, Handler]]:
+def routes(sim: Simulator) -> list[tuple[str, str, Handler]]:
     library = Library(sim)
     return [
         ("GET", "/", library.root),

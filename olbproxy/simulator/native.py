@@ -43,7 +43,8 @@ from olbproxy.simulator.wire import (
 )
 
 if TYPE_CHECKING:
-    from olbproxy.simulator.server import OllamaSimulator, SimulatedModel
+    from olbproxy.simulator.answer import Simulator
+    from olbproxy.simulator.models import SimulatedModel
 
 Handler = Callable[[web.Request], Any]
 
@@ -225,7 +226,7 @@ def message_words(messages: list[dict[str, Any]]) -> int:
 class NativeInference:
     """Handlers of /api/generate, /api/chat, /api/embed and /api/embeddings."""
 
-    def __init__(self, sim: OllamaSimulator) -> None:
+    def __init__(self, sim: Simulator) -> None:
         self.sim = sim
 
     def _lifecycle(self, model: str, reason: str, *, chat: bool) -> web.Response:
@@ -416,7 +417,7 @@ class NativeInference:
         return reply({"embedding": array("f", embedded.vectors[0]).tolist()})
 
 
-def routes(sim: OllamaSimulator) -> list[tuple[str, str, Handler]]:
+def routes(sim: Simulator) -> list[tuple[str, str, Handler]]:
     native = NativeInference(sim)
     return [
         ("POST", "/api/generate", native.generate),

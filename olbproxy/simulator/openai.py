@@ -37,7 +37,8 @@ from olbproxy.simulator.wire import (
 )
 
 if TYPE_CHECKING:
-    from olbproxy.simulator.server import OllamaSimulator, SimulatedModel
+    from olbproxy.simulator.answer import Simulator
+    from olbproxy.simulator.models import SimulatedModel
 
 Handler = Callable[[web.Request], Any]
 DONE = b"data: [DONE]\n\n"
@@ -128,7 +129,7 @@ def token_usage(metrics: Timings) -> dict[str, int]:
     }
 
 
-def chat_model(sim: OllamaSimulator, name: str, think: bool | str | None) -> SimulatedModel:
+def chat_model(sim: Simulator, name: str, think: bool | str | None) -> SimulatedModel:
     """The model a chat-like request names, refused as Ollama's ChatHandler would."""
     if not name.strip():
         raise Rejected(400, "model is required")
@@ -308,7 +309,7 @@ class CompletionEncoder:
 class Compatibility:
     """Handlers of the ``/v1`` routes."""
 
-    def __init__(self, sim: OllamaSimulator) -> None:
+    def __init__(self, sim: Simulator) -> None:
         self.sim = sim
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
@@ -466,7 +467,7 @@ class Compatibility:
         return encoded(self._model_entry(model, shown), JSON)
 
 
-def routes(sim: OllamaSimulator) -> list[tuple[str, str, Handler]]:
+def routes(sim: Simulator) -> list[tuple[str, str, Handler]]:
     compat = Compatibility(sim)
     return [
         ("POST", "/v1/chat/completions", compat.chat_completions),

@@ -29,7 +29,7 @@ from olbproxy.simulator.openai import (
 from olbproxy.simulator.wire import JSON, SSE, go_json, text
 
 if TYPE_CHECKING:
-    from olbproxy.simulator.server import OllamaSimulator
+    from olbproxy.simulator.answer import Simulator
 
 Handler = Callable[[web.Request], Any]
 
@@ -176,7 +176,7 @@ class ResponsesEncoder:
 class Responses:
     """Handler of ``/v1/responses``."""
 
-    def __init__(self, sim: OllamaSimulator) -> None:
+    def __init__(self, sim: Simulator) -> None:
         self.sim = sim
 
     async def responses(self, request: web.Request) -> web.StreamResponse:
@@ -209,5 +209,5 @@ class Responses:
         )
 
 
-def routes(sim: OllamaSimulator) -> list[tuple[str, str, Handler]]:
+def routes(sim: Simulator) -> list[tuple[str, str, Handler]]:
     return [("POST", "/v1/responses", Responses(sim).responses)]
