@@ -106,6 +106,36 @@ def _memory(results: Results) -> Verdict:
     return Verdict(goal, value, proxy.rss_per_stream_kib <= 30.0)
 
 
+def _ttft_ratio(percentile: str, limit: float) -> Callable[[Results], Verdict]:
+    """Issue 16's form of (c), which holds on a slower or busier machine too."""
+
+    def check(results: Results) -> Verdict:
+        goal = f"(c') TTFT at 200 streams/s: added {percentile} <= {limit:g} x what minimal adds"
+        proxy, minimal, direct = (_get(results, "ttft", t) for t in ("proxy", "minimal", "direct"))
+        if proxy is None or minimal is None or direct is None or percentile not in proxy.ttft_ms:
+            return Verdict(goal, "not measured", None)
+        base = direct.ttft_ms.get(percentile, 0.0)
+        ours = proxy.ttft_ms[percentile] - base
+        theirs = minimal.ttft_ms.get(percentile, 0.0) - base
+        value = f"{ours:+.2f} ms vs minimal {theirs:+.2f} ms"
+        return Verdict(goal, value, ours <= limit * max(theirs, 0.1))
+
+    return check
+
+
+def _drained(results: Results) -> Verdict:
+    goal = "every exchange the proxy recorded is in MongoDB after the drain"
+    states = [m.persistence for (_, t), m in results.items() if t == "proxy" and m.persistence]
+    if not states:
+        return Verdict(goal, "not measured", None)
+    recorded = sum(s.get("recorded", 0.0) for s in states)
+    written = sum(s.get("written", 0.0) for s in states)
+    drained = all(s.get("drained", 1.0) for s in states)
+    slowest = max(s.get("drain_s", 0.0) for s in states)
+    value = f"{written:,.0f} of {recorded:,.0f} written; slowest drain {slowest:.1f} s"
+    return Verdict(goal, value, drained and written >= recorded)
+
+
 GOALS: tuple[Callable[[Results], Verdict], ...] = (
     _streaming("a1000", 0.95, "(a) 1000 x 40 tok/s"),
     _streaming("a2000", 0.90, "(a) 2000 x 20 tok/s"),
@@ -113,9 +143,12 @@ GOALS: tuple[Callable[[Results], Verdict], ...] = (
     _cpu("nginx", 2.0),
     _ttft("p50", 1.0),
     _ttft("p99", 2.0),
+    _ttft_ratio("p50", 1.5),
+    _ttft_ratio("p99", 1.5),
     _gaps,
     _whole,
     _memory,
+    _drained,
 )
 
 

@@ -24,6 +24,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -38,6 +39,12 @@ from bench.targets import REPO, Target
 MODEL = "gpt-oss:20b"
 USER = "bench"
 DATABASE = "olbproxy_bench"
+
+
+# Seconds the bench waits after a load for the recorder's backlog to reach MongoDB.
+DRAIN_LIMIT = 300.0
+# The routes whose exchanges are recorded (persistence/history.py RECORDED).
+RECORDED = frozenset({"/api/chat", "/api/generate", "/v1/chat/completions"})
 
 
 def secantusd_binary() -> str | None:
@@ -91,6 +98,7 @@ class Olbproxy(Target):
         self._user_added = False
         self.starts = 0
         self._written = 0  # documents in `messages` when this proxy started
+        self._recorded_before = 0.0  # exchanges the proxy had recorded at the last look
 
     # -- features -----------------------------------------------------------------------
 
@@ -216,6 +224,7 @@ class Olbproxy(Target):
         if self.store == "mongodb":
             # Earlier proxies may have written until they stopped: count from here.
             self._written = self._messages() or 0
+            self._recorded_before = 0.0  # a fresh process counts from zero
 
     def _degrade(self, why: str) -> bool:
         """One feature fewer after a failed start; False when nothing is left to drop.
@@ -322,19 +331,62 @@ class Olbproxy(Target):
         }
 
     def after_load(self) -> dict[str, float]:
-        """How far persistence got: exchanges written during the run, and what still waits."""
+        """How far persistence got: the backlog when the load stopped, how long it took to
+        drain, and the exchanges recorded against the messages MongoDB then holds."""
         if self.store != "mongodb" or self.child is None:
             return {}
-        state: dict[str, float] = {}
+        state: dict[str, float] = dict(self._backlog())
+        started = time.monotonic()
+        while sum(self._backlog().values()) and time.monotonic() - started < DRAIN_LIMIT:
+            time.sleep(0.25)  # a bench polling the proxy's own gauge, not a test race
+        state["drain_s"] = time.monotonic() - started if sum(state.values()) else 0.0
+        state["drained"] = float(not sum(self._backlog().values()))
         written = self._messages()
         if written is not None:
             state["written"] = written - self._written
             self._written = written
-        _, body = http("GET", f"http://{self.addresses[0]}/metrics", token=self.token)
-        pattern = r'^olbproxy_persistence_backlog\{stage="(\w+)"\} (\S+)$'
-        for stage, value in re.findall(pattern, body.decode(errors="replace"), re.M):
-            state[stage] = float(value)
+        recorded = self._recorded()
+        state["recorded"] = recorded - self._recorded_before
+        self._recorded_before = recorded
         return state
+
+    def _metrics_text(self) -> str:
+        _, body = http("GET", f"http://{self.addresses[0]}/metrics", token=self.token)
+        return body.decode(errors="replace")
+
+    def _backlog(self) -> dict[str, float]:
+        pattern = r'^olbproxy_persistence_backlog\{stage="(\w+)"\} (\S+)$'
+        return {stage: float(v) for stage, v in re.findall(pattern, self._metrics_text(), re.M)}
+
+    def _recorded(self) -> float:
+        """Exchanges the recorder was given: model requests on the recorded routes."""
+        pattern = r"^olbproxy_requests_total\{([^}]*)\} (\S+)$"
+        total = 0.0
+        for labels, value in re.findall(pattern, self._metrics_text(), re.M):
+            endpoint = re.search(r'endpoint="([^"]*)"', labels)
+            if endpoint is not None and endpoint.group(1) in RECORDED:
+                total += float(value)
+        return total
+
+    def stall_counters(self) -> dict[str, float] | None:
+        """The loop-lag histogram's cumulative buckets and the GC pause totals, now."""
+        if self.child is None or not self.metrics:
+            return None
+        status, body = http("GET", f"http://{self.addresses[0]}/metrics", token=self.token)
+        if status != 200:
+            return None
+        text = body.decode(errors="replace")
+        counters: dict[str, float] = {}
+        lag = r'^olbproxy_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$'
+        for bound, value in re.findall(lag, text, re.M):
+            if bound != "+Inf":
+                counters[f"lag_le_{bound}"] = float(value)
+            else:
+                counters["lag_le_inf"] = float(value)
+        for kind, key in (("count", "gc_count"), ("sum", "gc_seconds")):
+            pattern = rf"^olbproxy_gc_pause_seconds_{kind}\{{[^}}]*\}} (\S+)$"
+            counters[key] = sum(float(v) for v in re.findall(pattern, text, re.M))
+        return counters
 
     def _messages(self) -> int | None:
         """Documents in the ``messages`` collection, or None when it cannot be read."""

@@ -149,17 +149,43 @@ def notes(results: Results) -> list[str]:
 
 
 def persistence_lines(results: Results) -> list[str]:
-    """The proxy's persistence after each load: written to MongoDB, still waiting."""
+    """The proxy's persistence after each load: the backlog when it stopped, how long it
+    took to reach MongoDB, and the exchanges recorded against the messages written."""
     rows = [(key, m.persistence) for (key, target), m in results.items() if m.persistence]
     if not rows:
         return []
     lines = [
-        "| scenario | exchanges written during the run | backlog: queue | backlog: spool |",
-        "|---|---:|---:|---:|",
+        "| scenario | backlog at the end: queue | spool | drained in (s) | exchanges recorded "
+        "| messages written |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for key, state in rows:
-        cells = [f"{state[k]:,.0f}" if k in state else "—" for k in ("written", "queue", "spool")]
+        cells = [
+            f"{state[k]:,.0f}" if k in state else "—"
+            for k in ("queue", "spool", "drain_s", "recorded", "written")
+        ]
+        if state.get("drained") == 0.0:
+            cells[2] = f"not in {cells[2]}"
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def stall_lines(results: Results) -> list[str]:
+    """olbproxy's own stalls in each window: loop lag and garbage collection."""
+    rows = [(key, t, m.stalls) for (key, t), m in results.items() if m.stalls]
+    if not rows:
+        return []
+    lines = [
+        "| scenario | target | loop lag p50 / p99 / max (ms, bucket bounds) | GC pauses "
+        "(count, ms in all) |",
+        "|---|---|---|---|",
+    ]
+    for key, target, s in rows:
+        lag = "/".join(
+            f"{s[k]:g}" if k in s else "—" for k in ("lag_p50_ms", "lag_p99_ms", "lag_max_le_ms")
+        )
+        gc = f"{s.get('gc_pauses', 0):,.0f}, {s.get('gc_pause_ms', 0):,.1f}"
+        lines.append(f"| {key} | {target} | ≤ {lag} | {gc} |")
     return lines
 
 
@@ -190,13 +216,20 @@ def markdown(
         parts += ["Set-up:", "", *setup, ""]
     persisted = persistence_lines(results)
     if persisted:
-        parts += ["Persistence of the proxy (a backlog means the recorder fell behind):", ""]
+        parts += [
+            "Persistence of the proxy (a backlog means the recorder fell behind; the bench "
+            "then waits for it to drain and counts what MongoDB holds):",
+            "",
+        ]
         parts += [*persisted, ""]
+    stalls = stall_lines(results)
+    if stalls:
+        parts += ["The proxy's own stalls in each window (/metrics):", "", *stalls, ""]
     found = notes(results)
     if found:
         parts += ["Notes (bottlenecks, errors, skips):", "", *found, ""]
     if verdicts is not None:
-        parts += ["Goals (issues 7 and 12):", "", *verdict_lines(verdicts), ""]
+        parts += ["Goals (issues 7, 12 and 16):", "", *verdict_lines(verdicts), ""]
     return "\n".join(parts)
 
 

@@ -14,10 +14,12 @@ both ends, and a hard stop: no run lasts more than a minute.
 
 from __future__ import annotations
 
+import math
 import os
 import select
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +125,8 @@ class Measurement:
     rss_per_stream_kib: float | None = None
     profile: str | None = None  # py-spy's collapsed stacks (--profile)
     persistence: dict[str, float] = field(default_factory=dict)  # proxy: written, backlog
+    # olbproxy's own stalls in the window: loop lag p50/p99/max (ms), GC pauses (count, ms).
+    stalls: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -204,9 +208,13 @@ def run(scenario: Scenario, target: Target, backends: Backends, ctx: Context) ->
         sleep_until(plan.start)
         watched = roles(target, backends, load, ctx)
         before = Sample.take(watched)
+        stalls_before = target.stall_counters()
         spy = profile(scenario, target, ctx, measurement)
         sleep_until(plan.end)
         after = Sample.take(watched)
+        stalls_after = target.stall_counters()
+        if stalls_before is not None and stalls_after is not None:
+            measurement.stalls = stalls_between(stalls_before, stalls_after)
         if spy is not None:
             spy.popen.wait(timeout=scenario.window + 15)
         load.popen.wait(timeout=max(5.0, plan.stop - time.monotonic() + 20))
@@ -220,6 +228,33 @@ def run(scenario: Scenario, target: Target, backends: Backends, ctx: Context) ->
     usage = Usage.between(before, after)
     fill(measurement, scenario, outcome, usage, len(backends.pids))
     return measurement
+
+
+LAG_BUCKET = "lag_le_"
+
+
+def stalls_between(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """Loop lag percentiles (ms, from the histogram's buckets) and GC pauses in a window."""
+    buckets = sorted(
+        (float(key.removeprefix(LAG_BUCKET)), after[key] - before.get(key, 0.0))
+        for key in after
+        if key.startswith(LAG_BUCKET)
+    )
+    total = buckets[-1][1] if buckets else 0.0
+    out: dict[str, float] = {"lag_samples": total}
+
+    def quantile(q: float) -> float:
+        for bound, count in buckets:  # cumulative: the first bound holding q of them
+            if count >= q * total:
+                return bound * 1000
+        return math.inf
+
+    if total:
+        out["lag_p50_ms"], out["lag_p99_ms"] = quantile(0.5), quantile(0.99)
+        out["lag_max_le_ms"] = quantile(1.0)  # the lowest bound that holds every sample
+    out["gc_pauses"] = after.get("gc_count", 0.0) - before.get("gc_count", 0.0)
+    out["gc_pause_ms"] = (after.get("gc_seconds", 0.0) - before.get("gc_seconds", 0.0)) * 1000
+    return out
 
 
 def profile(scenario: Scenario, target: Target, ctx: Context, m: Measurement) -> Child | None:

@@ -48,6 +48,11 @@ class Target:
         """The target's state once a load has ended (the proxy's persistence)."""
         return {}
 
+    def stall_counters(self) -> dict[str, float] | None:
+        """The target's own stall counters now (olbproxy's loop lag and GC pauses), to be
+        compared across a window; None for targets that have none."""
+        return None
+
     def stop(self) -> None:
         if self.child is not None:
             self.child.stop()
