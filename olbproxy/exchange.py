@@ -9,7 +9,6 @@ single JSON document alike.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Sequence
@@ -184,8 +183,8 @@ def final_counters(exchange: Exchange) -> dict[str, Any]:
                 continue
             line = line[5:]
         try:
-            value = json.loads(line)
-        except ValueError:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError:
             continue
         if not isinstance(value, dict):
             continue

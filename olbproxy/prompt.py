@@ -13,7 +13,7 @@ next turn shares every boundary of the previous turn's prompt.
 The hashes are over the parsed request (``json.loads`` of the bytes as received), in
 canonical JSON: key order and whitespace of the client's JSON do not matter, values
 do. What Ollama leaves out of a rendered prompt is left out here too (``thinking`` of
-earlier turns, tool-call ids). One pass of C-speed ``json.dumps`` and blake2b over the
+earlier turns, tool-call ids). One pass of C-speed ``orjson.dumps`` and blake2b over the
 body: a 4 MiB conversation costs a few milliseconds.
 """
 
@@ -24,6 +24,8 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 # Options that make Ollama load a new runner when they differ from the loaded one's
 # (api.Runner): a request that changes them reloads the model under everyone else.
@@ -37,11 +39,16 @@ _SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
 def _dump(value: Any) -> bytes:
-    # sort_keys: Go renders maps (tool-call arguments) in key order, so a client's key
-    # order never reaches the prompt.
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode(
-        "utf-8", "surrogatepass"
-    )
+    # Sorted keys: Go renders maps (tool-call arguments) in key order, so a client's key
+    # order never reaches the prompt. orjson is several times faster than json.dumps;
+    # what it cannot encode (integers past 64 bits) takes the slow road, the same one
+    # every time for the same value.
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode(
+            "utf-8", "surrogatepass"
+        )
 
 
 def _text(value: Any) -> bytes:

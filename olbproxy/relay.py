@@ -27,6 +27,7 @@ from typing import Protocol
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from olbproxy.errors import (
     Unavailable,
@@ -209,18 +210,30 @@ class Relay:
         upstream: aiohttp.ClientResponse,
         deadlines: Deadlines,
     ) -> web.StreamResponse:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        headers: CIMultiDict[str] = CIMultiDict()
         fixed_length = False
         for name, value in upstream.headers.items():
             lower = name.lower()
             if lower not in DROP_RESPONSE:
-                response.headers.add(name, value)
+                headers.add(name, value)
             elif lower == "content-length" and "transfer-encoding" not in upstream.headers:
-                response.headers[name] = value  # same framing as the backend's
+                headers[name] = value  # same framing as the backend's
                 fixed_length = True
         completed = False
-        content_type = response.headers.get("Content-Type", "")
+        content_type = headers.get("Content-Type", "")
         streaming = content_type.startswith(STREAMING_TYPES)
+        # A whole answer (stream:false, /api/tags, embeddings...) arrives at once: read
+        # it, then send headers and body in one write. A StreamResponse sends its
+        # headers the moment it is prepared, a system call of its own per request.
+        whole = (
+            fixed_length
+            and not streaming
+            and request.method != "HEAD"
+            and upstream.status not in (204, 304)
+        )
+        response = (web.Response if whole else web.StreamResponse)(
+            status=upstream.status, reason=upstream.reason, headers=headers
+        )
         spliced = (
             exchange.marked_end and self.splicing and streaming and can_splice(request, upstream)
         )
@@ -232,6 +245,8 @@ class Relay:
             with self.upstream.reading():
                 if spliced:
                     await relay_spliced(request, response, exchange, upstream)
+                elif isinstance(response, web.Response):
+                    await self._copy_whole(request, response, exchange, upstream)
                 else:
                     await self._copy(request, response, exchange, upstream)
                 if (
@@ -296,6 +311,19 @@ class Relay:
             await write(chunk)
             chunk = await read()
 
+    @staticmethod
+    async def _copy_whole(
+        request: web.Request,
+        response: web.Response,
+        exchange: Exchange,
+        upstream: aiohttp.ClientResponse,
+    ) -> None:
+        body = await upstream.read()
+        exchange.first_byte = time.monotonic()
+        exchange.chunks.append(body)
+        response.body = body
+        await response.prepare(request)
+
     async def _end_broken(
         self,
         request: web.Request,
@@ -305,6 +333,10 @@ class Relay:
         fixed_length: bool,
     ) -> None:
         log.warning("%s %s on %s: %s", request.method, request.path, exchange.backend, message)
+        if isinstance(response, web.Response) and not response.prepared:
+            # A whole answer is sent only once it is all in: nothing has gone out yet,
+            # so the client gets a plain 502 rather than a cut connection.
+            raise UpstreamError(message)
         if not response.prepared:
             await response.prepare(request)
         content_type = response.headers.get("Content-Type", "")

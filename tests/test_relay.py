@@ -181,3 +181,49 @@ async def test_a_client_leaving_mid_stream_is_not_logged_as_an_error(
         resp.close()
     await sims[0].wait_until(lambda: sims[0].stats.cancelled == 1, timeout=3)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.fixture
+async def cut_backend() -> AsyncIterator[str]:
+    """A backend that promises a whole answer of 400 bytes, sends 40 and hangs up."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # the request's head; the body is not needed
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n"
+        writer.write(head + b'{"model":"m","message":{"role":"assista')
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    server.close()
+    await server.wait_closed()
+
+
+async def test_a_whole_answer_cut_short_is_a_clean_502(
+    cut_backend: str, start_proxy: StartProxy
+) -> None:
+    # stream:false: the proxy sends a whole answer only once it is all in, so a backend
+    # that dies half-way leaves nothing sent and the client can be told plainly.
+    proxy = await start_proxy(
+        make_settings(GroupSettings(name="g", models=("m",), endpoints=(cut_backend,)))
+    )
+    body = {"model": "m", "stream": False, "messages": [{"role": "user", "content": "x"}]}
+    async with proxy.http.post(proxy.url + "/api/chat", json=body) as resp:
+        assert resp.status == 502
+        error = (await resp.json())["error"]
+    assert "backend" in error
+
+
+async def test_a_whole_answer_is_passed_through_with_its_length(
+    start_sims: StartSims, start_proxy: StartProxy
+) -> None:
+    sims = await start_sims(1, tokens_per_second=0)
+    proxy = await start_proxy(make_settings(group("20b", ("gpt-oss:20b",), sims)))
+    body = {"model": "gpt-oss:20b", "stream": False, "prompt": "hi"}
+    async with proxy.http.post(proxy.url + "/api/generate", json=body) as resp:
+        whole = await resp.read()
+        assert resp.headers["Content-Length"] == str(len(whole))
+        assert "Transfer-Encoding" not in resp.headers
+    assert json.loads(whole)["done"] is True
