@@ -462,7 +462,11 @@ def run(work: Path, env: dict[str, str]) -> list[Run]:
     for mode in MODES:
         began = time.monotonic()
         print(f"bench: team day, placement {mode} ...", flush=True)
-        result = run_mode(mode, work, env)
+        # A directory of its own per mode: the main targets' SecantusDB may still hold
+        # theirs (WiredTiger allows one server per directory).
+        own = work / f"teamday-{mode}"
+        own.mkdir(exist_ok=True)
+        result = run_mode(mode, own, env)
         print(f"bench: team day, {mode}: {time.monotonic() - began:.0f} s, "
               f"{len(result.exchanges)} requests, {result.errors} errors", flush=True)  # fmt: skip
         runs.append(result)
