@@ -315,7 +315,13 @@ class Planner:
             label = backend.label
             resident = backend.is_resident(model, wall)
             load = 0.0 if resident else self.learned.load(label, model)
-            running = [t.started for t in self.tickets.get(label, ()) if t.model == model]
+            # Loads under way matter only where the model is not resident; walking every
+            # request in flight on a warm instance cost ~50 µs per placement at 1000 streams.
+            running = (
+                []
+                if resident
+                else [t.started for t in self.tickets.get(label, ()) if t.model == model]
+            )
             ahead = self.loading.get((label, model))
             if ahead is not None:
                 if resident or now - ahead > 3 * load + 1.0:
