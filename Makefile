@@ -73,10 +73,11 @@ lint: $(TESTDEPS)
 	$(VENV)/bin/ruff format --check olbproxy tests bench
 	$(VENV)/bin/mypy
 
-# The relay, splice and client tests run a second time with the splice off
-# (relay.splice: false, aiohttp's documented API only). -rs: a skipped test says why
+# The relay, splice, lane and client tests run a second time with the splice and the lane
+# off (relay.splice, relay.lane: false; aiohttp's documented API only). -rs: a skipped test says why
 # (e.g. no Prometheus here; CI requires it).
-SPLICE_BOTH_WAYS := tests/test_relay.py tests/test_splice.py tests/clients tests/test_failover.py
+SPLICE_BOTH_WAYS := tests/test_relay.py tests/test_splice.py tests/clients tests/test_failover.py \
+  tests/test_lane.py
 
 test: lint $(SECANTUS)/bin/secantusd-py $(NODE_CLIENTS)
 	@echo "make: running the tests (about two minutes)"

@@ -329,6 +329,7 @@ class OllamaApi:
                 body=raw,
                 deadlines=deadlines,
                 attempts=gs.max_attempts,
+                whole=not stream,
             )
         except ProxyError as error:
             exchange.outcome, exchange.error, exchange.status = "error", error.message, error.status

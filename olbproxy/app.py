@@ -34,6 +34,7 @@ from olbproxy.edge import (
 from olbproxy.exchange import EXCHANGE
 from olbproxy.health import HealthChecker
 from olbproxy.lag import GcPauses, LoopLag
+from olbproxy.lane import Lane
 from olbproxy.management import ModelManagement
 from olbproxy.metrics import Metrics
 from olbproxy.persistence.placements import PlacementFeed
@@ -110,9 +111,12 @@ async def create_app(settings: Settings) -> web.Application:
     store = open_store(settings)
     upstream = Upstream.connect(settings)
     app[UPSTREAM] = upstream
+    lane = Lane(settings.connect_timeout) if settings.relay.lane else None
 
     async def upstream_lifetime(app: web.Application) -> AsyncIterator[None]:
         yield
+        if lane is not None:
+            lane.close()
         await upstream.close()
 
     # First, so that it closes last, and also when a later component fails to start.
@@ -132,6 +136,7 @@ async def create_app(settings: Settings) -> web.Application:
     relay = Relay(
         upstream,
         watchdog,
+        lane=lane,
         fail_threshold=settings.health.fail_threshold,
         on_health_change=backend_changed,
     )

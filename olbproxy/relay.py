@@ -36,9 +36,10 @@ from olbproxy.errors import (
     stream_error_line,
 )
 from olbproxy.exchange import Exchange, complete
+from olbproxy.lane import Lane
 from olbproxy.pool import Backend
 from olbproxy.splice import can_splice, relay_spliced
-from olbproxy.upstream import Failure, Upstream
+from olbproxy.upstream import Failure, Upstream, request_head
 from olbproxy.watchdog import Watchdog
 
 log = logging.getLogger("olbproxy.relay")
@@ -85,12 +86,15 @@ class Relay:
         upstream: Upstream,
         watchdog: Watchdog,
         *,
+        lane: Lane | None = None,
         fail_threshold: int,
         on_health_change: Callable[[Backend], None],
     ) -> None:
         self.upstream = upstream
         # The splice (splice.py) is off when the upstream has no HTTP/1.0 session for it.
         self.splicing = upstream.splice_session is not None
+        # Whole answers on the proxy's own keep-alive connections (lane.py); None: aiohttp.
+        self.lane = lane
         self.watchdog = watchdog
         self.fail_threshold = fail_threshold
         self.on_health_change = on_health_change
@@ -107,12 +111,16 @@ class Relay:
         path: str,
         deadlines: Deadlines,
         attempts: int = 1,
+        whole: bool = False,
     ) -> web.StreamResponse:
-        """Try up to ``attempts`` backends before the first byte; then stream the answer."""
+        """Try up to ``attempts`` backends before the first byte; then stream the answer.
+        ``whole``: the client asked for the answer in one piece (``stream: false``)."""
         tried: list[Backend] = []
         last: Failure | None = None
         if not isinstance(body, bytes | None):
             attempts = 1  # a streamed upload cannot be sent twice
+        # Whole answers go through the lane (lane.py) where it serves the instance.
+        lane = self.lane if whole and request.method != "HEAD" else None
         for _ in range(attempts):
             waited = time.monotonic()
             try:
@@ -126,6 +134,8 @@ class Relay:
             exchange.backend = backend.label
             exchange.attempts += 1
             try:
+                if lane is not None and isinstance(body, bytes | None) and lane.serves(backend.url):
+                    return await self._whole(request, exchange, backend, body, deadlines, path)
                 return await self._attempt(request, exchange, backend, body, deadlines, path)
             except Failure as retry:
                 self.errors[backend.label, retry.kind] += 1
@@ -202,6 +212,50 @@ class Relay:
         else:
             self._succeeded(backend)
         return await self._pipe(request, exchange, upstream, deadlines)
+
+    async def _whole(
+        self,
+        request: web.Request,
+        exchange: Exchange,
+        backend: Backend,
+        body: bytes | None,
+        deadlines: Deadlines,
+        path: str,
+    ) -> web.StreamResponse:
+        """A whole answer through the lane: read it all, then headers and body in one
+        write. A backend that dies half-way is a Failure before anything went out."""
+        assert self.lane is not None
+        reply = await self.lane.send(
+            backend.url,
+            backend.label,
+            request_head(request, backend, path, body) + (body or b""),
+            seconds=deadlines.first_byte,
+        )
+        exchange.status = status = reply.status
+        if status >= 500:
+            self._failed(backend, f"answered {status}")
+        else:
+            self._succeeded(backend)
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name, value in reply.headers:
+            text = name.decode("latin-1")
+            if text.lower() not in DROP_RESPONSE:
+                headers.add(text, value.decode("utf-8", "replace"))
+        response = web.Response(status=status, reason=reply.reason, headers=headers)
+        response.body = reply.body
+        exchange.first_byte = time.monotonic()
+        exchange.chunks.append(reply.body)
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionResetError:
+            exchange.outcome = "cancelled"  # the client left: an ordinary end
+            return response
+        finally:
+            exchange.ended = time.monotonic()
+        if exchange.outcome == "pending":
+            exchange.outcome = "done" if status < 400 else "error"
+        return response
 
     async def _pipe(
         self,

@@ -70,29 +70,50 @@ def upstream_url(backend: Backend, path: str) -> URL:
     return URL(backend.url + path, encoded=True)
 
 
-def upstream_headers(request: web.Request, backend: Backend, body: Body) -> CIMultiDict[str]:
-    """What an instance is told: its own Host, the allow-listed client headers, and the
-    body's type and length as the proxy read it."""
-    headers: CIMultiDict[str] = CIMultiDict()
+def _forwarded(request: web.Request, body: Body) -> list[tuple[str, str]]:
+    """The client's headers an instance gets, with the body's type and length as the
+    proxy read it (the Host is the caller's to add)."""
+    pairs: list[tuple[str, str]] = []
     client = request.headers
     for name in FORWARDED_REQUEST:
         value = client.get(name)
         if value is not None:
-            headers[name] = value
-    # Ollama bound to loopback answers 403 to a foreign Host.
-    headers["Host"] = backend.host_header
+            pairs.append((name, value))
     if isinstance(body, bytes):
         # Parsed as JSON on every JSON route, whatever the client called it.
         if BODY in request:
-            headers["Content-Type"] = "application/json"
+            pairs.append(("Content-Type", "application/json"))
         elif "Content-Type" in client:
-            headers["Content-Type"] = client["Content-Type"]
+            pairs.append(("Content-Type", client["Content-Type"]))
     elif body is not None:
         if "Content-Type" in client:
-            headers["Content-Type"] = client["Content-Type"]
+            pairs.append(("Content-Type", client["Content-Type"]))
         if request.content_length is not None:
-            headers["Content-Length"] = str(request.content_length)
+            pairs.append(("Content-Length", str(request.content_length)))
+    return pairs
+
+
+def upstream_headers(request: web.Request, backend: Backend, body: Body) -> CIMultiDict[str]:
+    """What an instance is told: its own Host, the allow-listed client headers, and the
+    body's type and length as the proxy read it."""
+    headers: CIMultiDict[str] = CIMultiDict(_forwarded(request, body))
+    # Ollama bound to loopback answers 403 to a foreign Host.
+    headers["Host"] = backend.host_header
     return headers
+
+
+def request_head(request: web.Request, backend: Backend, path: str, body: bytes | None) -> bytes:
+    """The same request as one HTTP/1.1 head in bytes, for the lane (lane.py). ``path``
+    is already encoded (edge.upstream_path). A header value with a line break cannot
+    come through aiohttp's parser; it is dropped here all the same, never sent."""
+    lines = [f"{request.method} {path} HTTP/1.1\r\nHost: {backend.host_header}\r\n"]
+    for name, value in _forwarded(request, body):
+        if "\r" not in value and "\n" not in value:
+            lines.append(f"{name}: {value}\r\n")
+    if body is not None:
+        lines.append(f"Content-Length: {len(body)}\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("utf-8", "surrogateescape")
 
 
 def _failure(exc: aiohttp.ClientError | TimeoutError, where: str) -> Failure:

@@ -43,8 +43,9 @@ def group(
     return GroupSettings(name=name, models=models, endpoints=tuple(s.url for s in sims), **kw)
 
 
-# OLBPROXY_SPLICE=0 runs a suite with the splice off (relay.splice: false): `make test`
-# runs the relay, splice and client tests both ways.
+# OLBPROXY_SPLICE=0 runs a suite with the splice and the lane off (relay.splice and
+# relay.lane false: aiohttp's documented API only): `make test` runs the relay, splice,
+# client and failover tests both ways.
 SPLICE = os.environ.get("OLBPROXY_SPLICE", "1") != "0"
 
 
@@ -56,7 +57,7 @@ def make_settings(*groups: GroupSettings, **overrides: Any) -> Settings:
         "auth": replace(base.auth, enabled=False),
         "store": replace(base.store, backend="memory"),
         "health": replace(base.health, interval=0.2, timeout=1.0),
-        "relay": replace(base.relay, splice=SPLICE),
+        "relay": replace(base.relay, splice=SPLICE, lane=SPLICE),
     }
     for key, value in overrides.items():
         assert key in sections, key
