@@ -54,14 +54,18 @@ _PLAIN = re.compile(r'[^\s"=\\]+')
 
 
 def _text(fields: dict[str, Any]) -> str:
-    """``key=value ...``; strings a client could have chosen are quoted when needed."""
+    """``key=value ...`` (None values left out); strings a client could have chosen are
+    quoted when needed."""
     parts = []
+    plain = _PLAIN.fullmatch
     for key, value in fields.items():
+        if value is None:
+            continue
         if type(value) is int:
             parts.append(f"{key}={value}")
             continue
         text = str(value)
-        if len(text) <= _VALUE_MAX and _PLAIN.fullmatch(text) and text.isprintable():
+        if len(text) <= _VALUE_MAX and plain(text) and text.isprintable():
             parts.append(f"{key}={text}")
         else:
             parts.append(f"{key}={_quoted(text)}")
@@ -98,15 +102,13 @@ class AccessLog:
 
     def write(self, fields: dict[str, Any]) -> None:
         """One line from ``fields`` (None values are left out), formatted once."""
-        if not self.enabled:
-            return
-        present = {k: v for k, v in fields.items() if v is not None}
-        if not log.isEnabledFor(logging.INFO):
+        if not self.enabled or not log.isEnabledFor(logging.INFO):
             return
         if self.json_format:
+            present = {k: v for k, v in fields.items() if v is not None}
             message, extra = str(present.get("event")), {FIELDS: present}
         else:
-            message, extra = _text(present), None
+            message, extra = _text(fields), None
         # makeRecord + handle, not log.info: info() looks up its caller's frame, which
         # here would cost more than building the whole line.
         log.handle(

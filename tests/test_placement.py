@@ -287,6 +287,23 @@ def test_cache_hits_never_make_prefill_look_free() -> None:
     assert learned.tokens_per_byte(M) == pytest.approx(0.25)
 
 
+def test_figures_follow_new_samples_on_every_instance() -> None:
+    # Figures are kept between requests: every sample must show in every instance's.
+    learned = Learned()
+    slow = Sample(prompt_tokens=2000, prompt_seconds=4.0, answer_tokens=50, answer_seconds=1.0)
+    fast = Sample(prompt_tokens=2000, prompt_seconds=1.0, answer_tokens=50, answer_seconds=0.25)
+    learned.learn("a", M, slow, cold=False, expected_miss=True, prompt_bytes=8000)
+    assert (learned.prefill("b", M), learned.decode("b", M)) == (500.0, 50.0)
+    for _ in range(2):
+        learned.learn("a", M, fast, cold=False, expected_miss=True, prompt_bytes=8000)
+    assert (learned.prefill("b", M), learned.decode("b", M)) == (2000.0, 200.0)
+    for tokens in range(1, 61):  # 50 kept: 11..60
+        learned.learn(
+            "a", M, Sample(answer_tokens=tokens), cold=False, expected_miss=True, prompt_bytes=0
+        )
+    assert learned.answer_tokens(M) == pytest.approx(35.5)
+
+
 def test_pinned_options_override_the_clients_and_leave_pinned_bodies_alone() -> None:
     pins = (("num_ctx", 16384),)
     assert with_pins({"model": M}, ()) is None
