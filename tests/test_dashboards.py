@@ -227,6 +227,9 @@ class Prometheus:
                 last = await self.query(http, expr)
             except aiohttp.ClientConnectionError:
                 last = "not listening yet"
+            except aiohttp.ContentTypeError:
+                # Listening but still starting: a plain-text 503 "Service Unavailable".
+                last = "not ready yet"
             else:
                 result = last.get("data", {}).get("result", [])
                 if result and float(result[0]["value"][1]) == wanted:

@@ -16,10 +16,14 @@ import pytest
 from aiohttp import web
 from conftest import Proxy, StartProxy, StartSims, group, make_settings
 from identity import CHAT, Site, bearer, site_settings, start_site
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from olbproxy.app import EDGE, METRICS, create_app
 from olbproxy.auth.principal import Principal
+from olbproxy.exchange import Exchange, Outcome
+from olbproxy.metrics import LAG_BUCKETS, QUEUE_BUCKETS, Metrics
+from olbproxy.pool import Pool
 from olbproxy.settings import MetricsSettings, Settings
 from olbproxy.simulator import OllamaSimulator
 
@@ -358,3 +362,68 @@ async def test_with_authentication_token_access_takes_an_admin_token(
     async with http.get(url, headers=bearer(admin)) as resp:
         assert resp.status == 200
         assert "olbproxy_backend_up" in await resp.text()
+
+
+def waited(seconds: float, *, outcome: Outcome = "done") -> Exchange:
+    """A finished exchange that waited ``seconds`` for its slot and took 0.75 s in all."""
+    exchange = Exchange(endpoint="/api/chat", model=MODEL, group="20b", backend="b:1")
+    exchange.attempts, exchange.queue_wait, exchange.status = 1, seconds, 200
+    exchange.outcome = outcome
+    exchange.t0, exchange.ended = 100.0, 100.75
+    exchange.counters = {"eval_count": 5, "prompt_eval_count": -3}
+    return exchange
+
+
+def test_histograms_expose_cumulative_buckets_sum_and_count() -> None:
+    metrics = Metrics(Settings().metrics, Pool(Settings()), {})
+    # Unlabelled, the loop lag is on the page at zero before its first observation.
+    empty = Scrape(generate_latest(metrics.registry).decode())
+    assert empty.value("olbproxy_event_loop_lag_seconds_bucket", le="+Inf") == 0
+    assert empty.labelsets("olbproxy_event_loop_lag_seconds_count") == [{}]
+
+    # Below the first bound, on a bound (le is inclusive), between two, past the last.
+    waits = [0.0, 0.001, 0.0011, 0.5, 0.5, 400.0]
+    for seconds in waits:
+        metrics.observe(waited(seconds))
+    metrics.observe(waited(0.02, outcome="error"))  # failures wait too
+    lags = [0.0001, 0.0005, 0.003, 2.0]
+    for seconds in lags:
+        metrics.observe_lag(seconds)
+    page = Scrape(generate_latest(metrics.registry).decode())
+
+    wait = "olbproxy_queue_wait_seconds"
+    buckets = {
+        have["le"]: value
+        for name, have, value in page.samples
+        if name == wait + "_bucket" and have["group"] == "20b"
+    }
+    assert buckets == {
+        "0.001": 2, "0.01": 3, "0.05": 4, "0.1": 4, "0.5": 6, "1.0": 6, "2.0": 6,
+        "5.0": 6, "10.0": 6, "30.0": 6, "60.0": 6, "120.0": 6, "300.0": 6, "+Inf": 7,
+    }  # fmt: skip
+    assert page.value(wait + "_count", group="20b") == 7
+    assert page.value(wait + "_sum", group="20b") == pytest.approx(sum(waits) + 0.02)
+
+    # The same values through prometheus_client's own histograms give the same samples.
+    reference = CollectorRegistry()
+    by_client = Histogram("q", "", ("group",), buckets=QUEUE_BUCKETS, registry=reference)
+    lag_by_client = Histogram("l", "", buckets=LAG_BUCKETS, registry=reference)
+    for seconds in [*waits, 0.02]:
+        by_client.labels("20b").observe(seconds)
+    for seconds in lags:
+        lag_by_client.observe(seconds)
+    expected = Scrape(generate_latest(reference).decode())
+    for ours, theirs in ((wait, "q"), ("olbproxy_event_loop_lag_seconds", "l")):
+        for suffix in ("_bucket", "_count", "_sum"):
+            assert [(h, v) for n, h, v in page.samples if n == ours + suffix] == [
+                (h, v) for n, h, v in expected.samples if n == theirs + suffix
+            ], ours + suffix
+
+    # Six complete answers: their durations, tokens, and no negative prompt count.
+    labels = {"endpoint": "/api/chat", "group": "20b", "model": MODEL}
+    assert page.value("olbproxy_request_duration_seconds_bucket", le="1.0", **labels) == 6
+    assert page.value("olbproxy_request_duration_seconds_bucket", le="0.5", **labels) == 0
+    assert page.value("olbproxy_generated_tokens_total", backend="b:1") == 30
+    assert page.labelsets("olbproxy_prompt_tokens_total") == []
+    assert page.value("olbproxy_requests_total", outcome="done") == 6
+    assert page.value("olbproxy_requests_total", outcome="error") == 1
