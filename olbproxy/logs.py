@@ -5,9 +5,10 @@
 ``{"time", "level", "logger", "message"}``, and for access lines (access.py) their
 fields in place of the message.
 
-Records go through a queue to a thread that formats and writes them
-(``QueueListener``): a slow terminal or a pipe nobody reads must never hold the event
-loop that relays every stream. ``Logs.stop()`` flushes what is still queued.
+Records are formatted where they are logged, and their lines go in batches through a
+queue to a thread that writes them (``_Batcher``, ``_Writer``): a slow terminal or a
+pipe nobody reads must never hold the event loop that relays every stream.
+``Logs.stop()`` flushes what is still queued.
 
 With ``log_file`` the log goes to that file through a ``WatchedFileHandler``: when
 newsyslog renames the file, the next record reopens the path, so rotation needs no
@@ -17,11 +18,13 @@ rotation until the job restarts).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import logging.handlers
 import queue
 import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -54,26 +57,101 @@ class JsonFormatter(logging.Formatter):
         if isinstance(fields, dict):
             data.update(fields)
         else:
-            # QueueHandler has already put any traceback into the message text.
-            data["message"] = record.getMessage()
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + self.formatException(record.exc_info)
+            if record.stack_info:
+                message += "\n" + self.formatStack(record.stack_info)
+            data["message"] = message
         return json.dumps(data, ensure_ascii=False, default=str)
 
 
-class _Handoff(logging.handlers.QueueHandler):
-    """Hands records to the writer thread with as little work as possible on the loop.
+# Lines wait this long on the event loop before they go to the writer together.
+BATCH_SECONDS = 0.05
 
-    The stock ``prepare`` formats the record and copies it; a record without a
-    traceback only needs its message resolved (the writer formats it), which keeps an
-    access line's cost on the event loop to a few microseconds.
+
+class _Batcher(logging.Handler):
+    """Formats each record where it is logged and hands the lines to the writer thread
+    in batches: on the event loop, one hand-off per ``BATCH_SECONDS``.
+
+    A hand-off per record (the stdlib's QueueHandler and QueueListener) woke the writer
+    for every access line, and the two threads then traded the GIL thousands of times a
+    second: the non-streaming bench measured 340 µs of CPU per request with the access
+    log on against 262 µs with it off. Formatting costs the same on either thread; the
+    batch saves the trading. Off the loop (a worker thread, start-up) a line goes at once.
     """
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        if record.exc_info or record.stack_info:
-            prepared: logging.LogRecord = super().prepare(record)  # traceback into the text
-            return prepared
-        if record.args:
-            record.msg, record.args = record.getMessage(), None
-        return record
+    def __init__(self, lines: queue.SimpleQueue[str | None]) -> None:
+        super().__init__()
+        self._out = lines
+        self._lines: list[str] = []
+        self._scheduled: asyncio.AbstractEventLoop | None = None  # whose timer will flush
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Handler.handle holds self.lock around this call.
+        try:
+            self._lines.append(self.format(record))
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._hand_off()
+            return
+        if self._scheduled is loop:
+            return
+        # Not yet, or on a loop since gone (tests run one per test): a timer on this one.
+        self._scheduled = loop
+        loop.call_later(BATCH_SECONDS, self.flush)
+
+    def _hand_off(self) -> None:
+        if self._lines:
+            self._out.put("\n".join(self._lines) + "\n")
+            self._lines = []
+
+    def flush(self) -> None:
+        """Hand what waits to the writer now (the timer, Logs.flush and Logs.stop)."""
+        self.acquire()
+        try:
+            self._scheduled = None
+            self._hand_off()
+        finally:
+            self.release()
+
+
+class _Writer:
+    """The thread that writes the batches to the log's stream, in order."""
+
+    def __init__(self, handler: logging.StreamHandler[Any]) -> None:
+        self.handler = handler
+        self.lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="olbproxy-log", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Write what is queued, then end the thread."""
+        if self._thread is not None:
+            self.lines.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        handler = self.handler
+        while (text := self.lines.get()) is not None:
+            handler.acquire()
+            try:
+                if isinstance(handler, logging.handlers.WatchedFileHandler):
+                    handler.reopenIfNeeded()  # newsyslog renamed the file: the new one
+                handler.stream.write(text)
+                handler.flush()
+            except (OSError, ValueError):
+                pass  # a closed stderr or a full disk: nowhere left to say so
+            finally:
+                handler.release()
 
 
 def formatter(log_format: LogFormat) -> logging.Formatter:
@@ -81,7 +159,7 @@ def formatter(log_format: LogFormat) -> logging.Formatter:
 
 
 class Logs:
-    """The process's logging: a queue in front of one stderr handler; stop() flushes."""
+    """The process's logging: batches of lines to one writer thread; stop() flushes."""
 
     def __init__(
         self,
@@ -92,16 +170,15 @@ class Logs:
         path: str | None = None,
     ) -> None:
         self.level = getattr(logging, level.upper(), logging.INFO)
-        handler: logging.Handler
+        handler: logging.StreamHandler[Any]
         if path is not None:
             handler = logging.handlers.WatchedFileHandler(Path(path).expanduser(), encoding="utf-8")
         else:
             handler = logging.StreamHandler(stream or sys.stderr)
-        handler.setFormatter(formatter(log_format))
-        self._queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
         self._target = handler
-        self._listener = logging.handlers.QueueListener(self._queue, handler)
-        self._handler = _Handoff(self._queue)
+        self._writer = _Writer(handler)
+        self._handler = _Batcher(self._writer.lines)
+        self._handler.setFormatter(formatter(log_format))
         self._previous = logging.NOTSET
         self._flags = (True, True, True)
         self._running = False
@@ -117,13 +194,14 @@ class Logs:
         self._previous = root.level
         root.setLevel(self.level)
         root.addHandler(self._handler)
-        self._listener.start()
+        self._writer.start()
 
     def flush(self) -> None:
         """Return once everything logged so far has been written."""
         if self._running:
-            self._listener.stop()
-            self._listener.start()
+            self._handler.flush()
+            self._writer.stop()
+            self._writer.start()
 
     def stop(self) -> None:
         """Flush and detach; calling it again does nothing."""
@@ -134,6 +212,7 @@ class Logs:
         root.removeHandler(self._handler)
         root.setLevel(self._previous)
         logging.logThreads, logging.logProcesses, logging.logMultiprocessing = self._flags
-        self._listener.stop()  # writes what is still queued, then ends the thread
+        self._handler.flush()
+        self._writer.stop()  # writes what is still queued, then ends the thread
         if isinstance(self._target, logging.FileHandler):
             self._target.close()  # reopened if started again

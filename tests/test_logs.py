@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
+
+from conftest import until
 
 from olbproxy.logs import Logs
 
@@ -44,3 +47,33 @@ def test_json_lines_carry_every_record_not_only_access_lines(tmp_path: Path) -> 
     assert (first["level"], first["logger"]) == ("WARNING", "olbproxy.server")
     assert first["message"] == "backend b1 is out of rotation"
     assert second["message"].startswith("unhandled error\nTraceback")  # still one line
+
+
+def test_lines_logged_on_the_event_loop_are_all_written_in_order(tmp_path: Path) -> None:
+    # They reach the writer thread in batches: none lost, none reordered, also from a
+    # worker thread in between, and from a loop that has ended before its batch went.
+    path = tmp_path / "olbproxy.log"
+    logs = Logs("INFO", "text", path=str(path))
+    log = logging.getLogger("olbproxy.test")
+
+    async def burst(first: int) -> None:
+        for n in range(first, first + 500):
+            log.info("line %d", n)
+        await asyncio.to_thread(log.info, "line %d", first + 500)
+
+    async def written_without_a_flush() -> None:
+        # A loop that ended with a batch pending must not keep this one's timer away.
+        log.info("on another loop")
+        await until(lambda: "on another loop" in path.read_text())  # the writer's file
+
+    logs.start()
+    try:
+        asyncio.run(burst(0))
+        asyncio.run(written_without_a_flush())
+        asyncio.run(burst(501))
+        logs.flush()
+        lines = path.read_text().splitlines()
+        numbers = [int(line.rsplit(" ", 1)[1]) for line in lines if "another" not in line]
+        assert numbers == list(range(1002))
+    finally:
+        logs.stop()
