@@ -25,6 +25,7 @@ import logging.handlers
 import queue
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -154,8 +155,26 @@ class _Writer:
                 handler.release()
 
 
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT`` with the stdlib's time stamp (``2026-12-05 08:43:59,571``), its
+    date and clock made once per second rather than once per line: ``strftime`` was a
+    fifth of an access line's cost, and every request writes one."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+        self._second = -1
+        self._clock = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._clock = time.strftime(self.default_time_format, self.converter(second))
+        return f"{self._clock},{int(record.msecs):03d}"
+
+
 def formatter(log_format: LogFormat) -> logging.Formatter:
-    return JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    return JsonFormatter() if log_format == "json" else TextFormatter()
 
 
 class Logs:
