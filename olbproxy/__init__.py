@@ -10,7 +10,7 @@ The package reads in the order a request travels:
     api.py         thin handlers (catalog.py, management.py beside them)
     placement.py   which instance of the group (prompt.py, rates.py), admission.py, pool.py
     upstream.py    every request to an instance; relay.py and splice.py stream the answer
-                   (lane.py: whole answers on the proxy's own keep-alive connections)
+                   (lane.py: the proxy's own keep-alive connections, httptools' parser)
     exchange.py    the request's record, read once the answer has ended
     persistence/   rooms and messages, off the request path; store/ knows MongoDB
 

@@ -1,21 +1,30 @@
-"""Lane: the proxy's own pooled HTTP/1.1 keep-alive connections, for whole answers.
+"""Lane: the proxy's own pooled HTTP/1.1 keep-alive connections to the instances.
 
-A non-streamed answer (``stream: false`` chat and generate, embeddings, their ``/v1``
-forms) is one request and one response. Through aiohttp's client that costs ~100 µs of
-CPU per request (its request and response objects, a ``StreamReader``, the connector's
-bookkeeping, a timer), more than everything else a small request needs. Here a request
-is one prepared ``bytes`` head plus the body in one ``write``; the answer is parsed by
-httptools (llhttp, the parser uvloop's authors maintain: Content-Length and chunked
-framing, keep-alive) in the socket's ``data_received`` callback, and the waiting handler
-is woken once, when the message is complete. A bench side harness measured it: a bare
-aiohttp pass-through answers a small request in 175 µs of CPU through aiohttp's client,
-76 µs through this (bench/README "What each change bought").
+Through aiohttp's client a request costs ~100 µs of CPU (its request and response
+objects, a ``StreamReader``, the connector's bookkeeping, a timer), and a token stream
+spliced over aiohttp (splice.py) also needs a new connection each time (HTTP/1.0, so
+that the body comes unframed). Here a request is one prepared ``bytes`` head plus the
+body in one ``write`` on a kept-alive connection; httptools (llhttp, the parser
+uvloop's authors maintain: Content-Length and chunked framing, keep-alive) parses the
+answer in the socket's ``data_received`` callback.
+
+* **Whole answers** (``stream: false``, embeddings, their ``/v1`` forms): the waiting
+  handler is woken once, when the message is complete (``Lane.send``).
+* **Token streams** (``Lane.stream``): the handler is woken at the headers; from then
+  on each de-chunked piece goes from httptools' body callback straight to a sink,
+  ``splice.Splice``, which writes it to the client: no task woken per token, as with
+  the splice on aiohttp. The connection goes back to the pool once the answer ended
+  whole (``Lane.finish``), and is closed otherwise, which stops Ollama generating.
+
+A bench side harness measured whole answers: a bare aiohttp pass-through answers a
+small request in 175 µs of CPU through aiohttp's client, 76 µs through this (README,
+"What each change bought").
 
 What it does not do, on purpose: TLS (an ``https://`` instance goes through aiohttp),
 redirects, cookies, compression (Ollama sends none unasked, and we ask for none),
-``Expect: 100-continue``, and streamed bodies (those are the splice's and aiohttp's).
-Errors come out as ``upstream.Failure`` with the same kinds as aiohttp's, so the relay
-retries, counts and reports them the same way either path.
+``Expect: 100-continue``, and streamed request bodies (blob uploads go through
+aiohttp). Errors come out as ``upstream.Failure`` with the same kinds as aiohttp's, so
+the relay retries, counts and reports them the same way either path.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import asyncio
 import collections
 import time
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -46,32 +55,52 @@ class Reply:
     body: bytes
 
 
+class Sink(Protocol):
+    """Where a streamed answer's body goes as it arrives (splice.Splice)."""
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]: ...
+
+    def feed_eof(self) -> None: ...
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection: at most one request on it at a time."""
 
     __slots__ = (
         "body",
+        "busy",
+        "complete",
         "framed",
         "headers",
+        "home",
         "idle_since",
         "keep",
         "parser",
+        "paused",
         "reason",
         "received",
+        "sink",
+        "streaming",
         "transport",
         "waiter",
     )
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self.home: _Instance | None = None  # the pool it goes back to
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[None] | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.reason = b""
+        self.busy = False  # a request is out and its answer not complete
         self.received = False  # any byte of the current answer
         self.framed = False  # Content-Length or chunked: its end is in the bytes
         self.keep = False
+        self.complete = False
+        self.streaming = False  # wake the waiter at the headers, the body goes to sink
+        self.sink: Sink | None = None
+        self.paused = False  # by the sink, for a slow client
         self.idle_since = 0.0
 
     # -- asyncio.Protocol ------------------------------------------------------------
@@ -81,31 +110,35 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        if self.waiter is None:
+        if not self.busy:
             # Bytes nobody asked for: the connection is out of step; never reuse it.
-            self._close()
+            self.close()
             return
         self.received = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(Failure(f"malformed answer: {exc}", kind="other"))
-            self._close()
+            self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        if self.waiter is None or self.waiter.done():
+        if not self.busy:
             return
+        self.busy = False
         if self.received and not self.framed and self.parser.get_status_code():
             # An answer without framing ends at the close (HTTP/1.0 style): complete.
             self.keep = False
-            self.waiter.set_result(None)
+            self.complete = True
+            self._wake()
         elif self.received:
             self._fail(Failure("backend connection lost mid-answer", kind="stream_broken"))
         else:
-            self._fail(
-                Failure(f"connection closed before an answer ({exc!r})", kind="reset", retry=True)
-            )
+            why = f"connection closed before an answer ({exc!r})"
+            self._fail(Failure(why, kind="reset", retry=True))
+        if self.sink is not None:
+            # Whether the answer was whole is for the relay to tell from its last line.
+            self.sink.feed_eof()
 
     # -- httptools callbacks -----------------------------------------------------------
 
@@ -120,25 +153,53 @@ class _Connection(asyncio.Protocol):
         ):
             self.framed = True
 
+    def on_headers_complete(self) -> None:
+        # A stream's waiter wakes at the headers; an error answer is read whole first.
+        if self.streaming and self.parser.get_status_code() == 200:
+            self._wake()
+
     def on_body(self, body: bytes) -> None:
-        self.body.append(body)
+        sink = self.sink
+        if sink is not None:
+            sink.feed_data(body)
+        else:
+            self.body.append(body)
 
     def on_message_complete(self) -> None:
         self.keep = self.parser.should_keep_alive()
+        self.complete = True
+        self.busy = False
+        self._wake()
+        if self.sink is not None:
+            self.sink.feed_eof()
+
+    # -- the lane's side ---------------------------------------------------------------
+
+    def _wake(self) -> None:
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-
-    # -- the lane's side ---------------------------------------------------------------
 
     def _fail(self, failure: Failure) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(failure)
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """Hang up: what stops Ollama generating an answer nobody will read."""
         if self.transport is not None:
             self.transport.close()
             self.transport = None
+
+    # Flow control for a slow client (splice.Splice pauses the backend's socket).
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+            self.paused = True
+
+    def resume_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+        self.paused = False
 
     def usable(self, now: float) -> bool:
         transport = self.transport
@@ -151,11 +212,13 @@ class _Connection(asyncio.Protocol):
     def _expire(self) -> None:
         self._fail(Failure("no answer in time", kind="timeout"))
 
-    async def exchange(self, data: bytes, deadline: float | None) -> Reply:
-        """Write the request, wait for the whole answer until ``deadline`` (loop time)."""
+    async def start(self, data: bytes, deadline: float | None, *, streaming: bool) -> None:
+        """Write the request and wait until ``deadline`` (loop time) for the whole answer,
+        or for its headers when ``streaming`` (the body then goes to ``attach``'s sink)."""
         assert self.transport is not None
         self.headers, self.body, self.reason = [], [], b""
-        self.received = self.framed = self.keep = False
+        self.received = self.framed = self.keep = self.complete = False
+        self.streaming, self.sink, self.busy = streaming, None, True
         self.parser = httptools.HttpResponseParser(self)
         loop = asyncio.get_running_loop()
         waiter = self.waiter = loop.create_future()
@@ -168,19 +231,33 @@ class _Connection(asyncio.Protocol):
         except BaseException:
             # Cancelled (our client left), timed out or broken: the connection's state
             # is unknown, and closing it is what stops Ollama generating.
-            self._close()
+            self.busy = False
+            self.close()
             raise
         finally:
             self.waiter = None
             if timer is not None:
                 timer.cancel()
+
+    def reply(self) -> Reply:
+        """The answer's status, reason and headers, and the body read so far."""
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         return Reply(
-            self.parser.get_status_code(),
-            self.reason.decode("latin-1"),
-            self.headers,
-            body,
+            self.parser.get_status_code(), self.reason.decode("latin-1"), self.headers, body
         )
+
+    def attach(self, sink: Sink) -> None:
+        """From now on the body goes to ``sink``: what came with the headers first."""
+        for piece in self.body:
+            sink.feed_data(piece)
+        self.body = []
+        self.sink = sink
+        if self.complete or self.transport is None:
+            sink.feed_eof()
+
+
+# A streamed answer's connection, as the relay holds it (attach a sink, then finish).
+Stream = _Connection
 
 
 class _Instance:
@@ -195,8 +272,14 @@ class _Instance:
         self.idle: collections.deque[_Connection] = collections.deque()
 
 
+def _raise_busy(reply: Reply) -> None:
+    if reply.status == 503:
+        text = reply.body.decode(errors="replace")[:300].strip()
+        raise Failure(f"busy (503): {text}", kind="busy", retry=True, busy=True)
+
+
 class Lane:
-    """Whole answers from the instances over pooled keep-alive connections."""
+    """Answers from the instances over pooled keep-alive connections."""
 
     def __init__(self, connect_timeout: float) -> None:
         self.connect_timeout = connect_timeout
@@ -212,14 +295,52 @@ class Lane:
         its whole answer within ``seconds``. Raises ``Failure`` as upstream.Upstream
         does (Ollama's 503 is "busy": another instance may take it); cancellation and
         timeouts close the connection, which stops Ollama generating."""
-        deadline = None if seconds is None else asyncio.get_running_loop().time() + seconds
-        reply = await self._send(url, label, data, deadline)
-        if reply.status == 503:
-            text = reply.body.decode(errors="replace")[:300].strip()
-            raise Failure(f"busy (503): {text}", kind="busy", retry=True, busy=True)
+        connection = await self._start(url, label, data, seconds, streaming=False)
+        reply = connection.reply()
+        self.finish(connection)
+        _raise_busy(reply)
         return reply
 
-    async def _send(self, url: str, label: str, data: bytes, deadline: float | None) -> Reply:
+    async def stream(
+        self, url: str, label: str, data: bytes, *, seconds: float | None
+    ) -> tuple[Reply, Stream]:
+        """Send one prepared request and wait ``seconds`` for its answer's headers: the
+        status and headers (and any body that came with them), and the connection
+        whose body ``attach`` hands to a sink as it arrives. ``finish`` it after. An
+        answer other than 200 is read whole (``complete``) before this returns."""
+        connection = await self._start(url, label, data, seconds, streaming=True)
+        reply = connection.reply()
+        if reply.status == 503:
+            self.finish(connection)
+            _raise_busy(reply)
+        return reply, connection
+
+    def finish(self, connection: Stream) -> None:
+        """Back to its pool if the answer was read whole and the instance keeps it open;
+        closed otherwise (a stream cut short must stop Ollama generating)."""
+        assert isinstance(connection, _Connection)
+        home = connection.home
+        if (
+            connection.complete
+            and connection.keep
+            and not connection.paused  # the answer ended while a slow client caught up
+            and connection.transport is not None
+            and home is not None
+        ):
+            connection.sink = None
+            connection.idle_since = now = time.monotonic()
+            idle = home.idle
+            idle.append(connection)
+            # The least recently used wait at the left: those idle too long go.
+            while now - idle[0].idle_since >= IDLE_SECONDS:
+                idle.popleft().close()
+        else:
+            connection.close()
+
+    async def _start(
+        self, url: str, label: str, data: bytes, seconds: float | None, *, streaming: bool
+    ) -> _Connection:
+        deadline = None if seconds is None else asyncio.get_running_loop().time() + seconds
         instance = self._instances.get(url)
         if instance is None:
             instance = self._instances[url] = _Instance(url)
@@ -231,14 +352,14 @@ class Lane:
             if candidate.usable(now):
                 connection = candidate
                 break
-            candidate._close()
+            candidate.close()
         try:
             if connection is None:
                 connection = await self._connect(instance, deadline)
-                reply = await connection.exchange(data, deadline)
+                await connection.start(data, deadline, streaming=streaming)
             else:
                 try:
-                    reply = await connection.exchange(data, deadline)
+                    await connection.start(data, deadline, streaming=streaming)
                 except Failure as failure:
                     if failure.kind != "reset":
                         raise
@@ -246,19 +367,11 @@ class Lane:
                     # (a keep-alive timeout, a restart) and nothing came back: it never
                     # started, so once more on a new connection, as Go's client does.
                     connection = await self._connect(instance, deadline)
-                    reply = await connection.exchange(data, deadline)
+                    await connection.start(data, deadline, streaming=streaming)
         except Failure as failure:
             failure.message = f"backend {label}: {failure.message}"
             raise
-        if connection.keep and connection.transport is not None:
-            connection.idle_since = now = time.monotonic()
-            idle.append(connection)
-            # The least recently used wait at the left: those idle too long go.
-            while now - idle[0].idle_since >= IDLE_SECONDS:
-                idle.popleft()._close()
-        else:
-            connection._close()
-        return reply
+        return connection
 
     async def _connect(self, instance: _Instance, deadline: float | None) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -268,6 +381,7 @@ class Lane:
                 _, connection = await loop.create_connection(
                     _Connection, instance.host, instance.port
                 )
+                connection.home = instance
         except TimeoutError:
             if deadline is not None and deadline <= limit:
                 raise Failure("no answer in time", kind="timeout") from None
@@ -285,5 +399,5 @@ class Lane:
     def close(self) -> None:
         for instance in self._instances.values():
             while instance.idle:
-                instance.idle.pop()._close()
+                instance.idle.pop().close()
         self._instances.clear()

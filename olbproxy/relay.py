@@ -3,7 +3,9 @@ the answer back byte for byte.
 
 Hot path discipline: token streams of chat and generate are spliced (splice.py): their
 bytes go from the backend socket's callback to the client with one append and one
-write, no task woken per token. Other answers go through ``_copy``: one read, one
+write, no task woken per token. With the lane on (lane.py, the default) those streams
+and whole answers go over the proxy's own keep-alive connections, parsed by httptools;
+otherwise through aiohttp's client. Other answers go through ``_copy``: one read, one
 append, one write per chunk. The first byte's time is taken once; counters are parsed
 after the stream has ended (exchange.py). Idle streams are policed by the watchdog
 (watchdog.py) from the chunks kept anyway, so no timer is touched per chunk.
@@ -38,7 +40,7 @@ from olbproxy.errors import (
 from olbproxy.exchange import Exchange, complete
 from olbproxy.lane import Lane
 from olbproxy.pool import Backend
-from olbproxy.splice import can_splice, relay_spliced
+from olbproxy.splice import Splice, can_splice, relay_spliced
 from olbproxy.upstream import Failure, Upstream, request_head
 from olbproxy.watchdog import Watchdog
 
@@ -121,6 +123,13 @@ class Relay:
             attempts = 1  # a streamed upload cannot be sent twice
         # Whole answers go through the lane (lane.py) where it serves the instance.
         lane = self.lane if whole and request.method != "HEAD" else None
+        # Token streams too, spliced from the lane's body callback (needs the splice's
+        # writing to the client's transport).
+        stream_lane = (
+            self.lane
+            if exchange.marked_end and self.splicing and request.transport is not None
+            else None
+        )
         for _ in range(attempts):
             waited = time.monotonic()
             try:
@@ -136,6 +145,12 @@ class Relay:
             try:
                 if lane is not None and isinstance(body, bytes | None) and lane.serves(backend.url):
                     return await self._whole(request, exchange, backend, body, deadlines, path)
+                if (
+                    stream_lane is not None
+                    and isinstance(body, bytes | None)
+                    and stream_lane.serves(backend.url)
+                ):
+                    return await self._streamed(request, exchange, backend, body, deadlines, path)
                 return await self._attempt(request, exchange, backend, body, deadlines, path)
             except Failure as retry:
                 self.errors[backend.label, retry.kind] += 1
@@ -255,6 +270,94 @@ class Relay:
             exchange.ended = time.monotonic()
         if exchange.outcome == "pending":
             exchange.outcome = "done" if status < 400 else "error"
+        return response
+
+    async def _streamed(
+        self,
+        request: web.Request,
+        exchange: Exchange,
+        backend: Backend,
+        body: bytes | None,
+        deadlines: Deadlines,
+        path: str,
+    ) -> web.StreamResponse:
+        """A token stream through the lane: the headers go out when the instance's do,
+        then each piece from the socket's callback through a Splice (no task woken per
+        token), on a keep-alive connection (no connect per stream, as HTTP/1.0 needs)."""
+        assert self.lane is not None and request.transport is not None
+        lane = self.lane
+        reply, stream = await lane.stream(
+            backend.url,
+            backend.label,
+            request_head(request, backend, path, body) + (body or b""),
+            seconds=deadlines.first_byte,
+        )
+        exchange.status = status = reply.status
+        if status >= 500:
+            self._failed(backend, f"answered {status}")
+        else:
+            self._succeeded(backend)
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name, value in reply.headers:
+            text = name.decode("latin-1")
+            if text.lower() not in DROP_RESPONSE:
+                headers.add(text, value.decode("utf-8", "replace"))
+        if status != 200:
+            # An error answer, read whole by the lane: sent as one.
+            lane.finish(stream)
+            whole = web.Response(status=status, reason=reply.reason, headers=headers)
+            whole.body = reply.body
+            exchange.first_byte = time.monotonic()
+            exchange.chunks.append(reply.body)
+            try:
+                await whole.prepare(request)
+                await whole.write_eof()
+            except ConnectionResetError:
+                exchange.outcome = "cancelled"
+                return whole
+            finally:
+                exchange.ended = time.monotonic()
+            if exchange.outcome == "pending":
+                exchange.outcome = "error"
+            return whole
+        response = web.StreamResponse(status=status, reason=reply.reason, headers=headers)
+        chunks = exchange.chunks
+        watchdog = self.watchdog
+        watchdog.watch(stream, deadlines.idle, chunks.__len__, stream.close)
+        try:
+            await response.prepare(request)
+            exchange.first_byte = time.monotonic()
+            splice = Splice(request.transport, chunks, stream)
+            splice.framed = response.headers.get("Transfer-Encoding") == "chunked"
+            stream.attach(splice)
+            await splice.wait()
+            if splice.client_gone:
+                raise ConnectionResetError("the client went away")
+            if not complete(chunks, sse=exchange.sse):
+                # However cleanly the body ended, without Ollama's last line the backend
+                # died or was cut off (or the watchdog hung up on it).
+                if stream in watchdog.timed_out:
+                    message = f"backend sent nothing for {deadlines.idle or 0:g}s"
+                    kind = "idle_timeout"
+                else:
+                    message, kind = "backend connection lost mid-answer", "stream_broken"
+                exchange.outcome, exchange.error = "error", message
+                self.errors[exchange.backend or "", kind] += 1
+                await self._end_broken(request, response, exchange, message, False)
+            else:
+                await response.write_eof()
+        except ConnectionResetError:
+            exchange.outcome = "cancelled"  # the client left mid-answer: an ordinary end
+            return response
+        except asyncio.CancelledError:
+            exchange.outcome = "cancelled"
+            raise
+        finally:
+            watchdog.forget(stream)
+            exchange.ended = time.monotonic()
+            lane.finish(stream)  # back to the pool if read whole; else closed: Ollama stops
+        if exchange.outcome == "pending":
+            exchange.outcome = "done"
         return response
 
     async def _pipe(

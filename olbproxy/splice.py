@@ -29,6 +29,11 @@ contracts. They are, all of them:
 4. the client's transport (``web.Request.transport``) may be written to directly while
    the handler holds the response open, HTTP/1.1 chunk framing done by hand.
 
+The lane (lane.py) feeds the same ``Splice`` from its own connections' body callback
+(``Source``: anything with ``pause_reading``/``resume_reading``), which needs only
+contract 4 and no HTTP/1.0. This path through aiohttp stays for ``relay.lane: false``
+and for instances the lane does not serve (TLS).
+
 ``contract_problems()`` checks what can be checked without a connection, at start-up:
 a proxy on an aiohttp that changed them logs why and relays through documented API
 only, as ``relay.splice: false`` does. ``tests/test_splice_contract.py`` exercises all
@@ -40,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
@@ -92,6 +98,15 @@ def can_splice(request: web.Request, upstream: aiohttp.ClientResponse) -> bool:
     )
 
 
+class Source(Protocol):
+    """Where spliced bytes come from: aiohttp's ResponseHandler, or a lane connection
+    (lane.py, which feeds a Splice from httptools' body callback)."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
 class Splice:
     """The backend connection's payload parser while a stream is spliced."""
 
@@ -106,9 +121,7 @@ class Splice:
         "framed",
     )
 
-    def __init__(
-        self, transport: asyncio.Transport, chunks: list[bytes], upstream: ResponseHandler
-    ) -> None:
+    def __init__(self, transport: asyncio.Transport, chunks: list[bytes], upstream: Source) -> None:
         self._transport = transport
         self._upstream = upstream
         self.framed = True  # an HTTP/1.1 client: each piece goes out as one chunk

@@ -241,3 +241,55 @@ async def test_a_hung_instance_gives_504_and_is_hung_up_on(
     ) as resp:
         assert resp.status == 504
     await sims[0].wait_until(lambda: sims[0].stats.cancelled == 1)
+
+
+# -- token streams: spliced from the lane's body callback -------------------------------
+
+LINES = [
+    b'{"model":"m","message":{"role":"assistant","content":"\\u003cb\\u003e"},"done":false}\n',
+    b'{"model":"m","message":{"role":"assistant","content":"\xec\x95\x88"},"done":false}\n',
+    b'{"model":"m","message":{"role":"assistant","content":""},"done":true,"eval_count":2}\n',
+]
+STREAM = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def chunked(pieces: list[bytes], *, end: bool = True) -> bytes:
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces)
+    return head + body + (b"0\r\n\r\n" if end else b"")
+
+
+async def test_streams_reuse_one_connection_and_arrive_byte_for_byte(
+    raw_backend: MakeBackend, start_proxy: StartProxy
+) -> None:
+    # A line split across two chunks, and two lines in one: the client gets the bytes.
+    pieces = [LINES[0][:30], LINES[0][30:] + LINES[1], LINES[2]]
+    backend = await raw_backend(lambda n: chunked(pieces))
+    proxy = await start_proxy(settings_for(backend))
+    for _ in range(5):
+        async with proxy.http.post(proxy.url + "/api/chat", json=STREAM) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"] == "application/x-ndjson"
+            assert await resp.read() == b"".join(LINES)
+    # No connection per stream (HTTP/1.0 needs one): keep-alive, as for whole answers.
+    assert backend.chat_connections <= 2 and len(backend.chats) == 5
+
+
+async def test_a_stream_cut_short_ends_with_an_error_line_and_a_new_connection(
+    raw_backend: MakeBackend, start_proxy: StartProxy
+) -> None:
+    # The first answer stops after one line, mid-stream; the instance hangs up.
+    backend = await raw_backend(lambda n: chunked(LINES[:1], end=False) if n == 0 else None)
+    backend.close_after_answer = True
+    proxy = await start_proxy(settings_for(backend))
+    async with proxy.http.post(proxy.url + "/api/chat", json=STREAM) as resp:
+        lines = (await resp.read()).splitlines()
+    assert lines[0] == LINES[0].rstrip()
+    assert json.loads(lines[-1])["error"].startswith("backend connection lost")
+    backend.script = lambda n: chunked(LINES)
+    async with proxy.http.post(proxy.url + "/api/chat", json=STREAM) as resp:
+        assert await resp.read() == b"".join(LINES)
+    assert backend.chat_connections == 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import aiohttp
 import pytest
@@ -109,7 +110,9 @@ async def test_a_stream_through_the_proxy_is_spliced_and_framed_by_hand(
     settings = make_settings(group("20b", ("gpt-oss:20b",), sims))
     if not settings.relay.splice:
         pytest.skip("this run has the splice off (OLBPROXY_SPLICE=0)")
-    proxy = await start_proxy(settings)
+    # The lane would take the stream (HTTP/1.1 keep-alive, its own parser): this test
+    # is for the splice on aiohttp's connection, which the lane being off leaves.
+    proxy = await start_proxy(replace(settings, relay=replace(settings.relay, lane=False)))
     body = {"model": "gpt-oss:20b", "messages": [{"role": "user", "content": "hi"}]}
     async with proxy.http.post(proxy.url + "/api/chat", json=body) as resp:
         assert resp.headers["Transfer-Encoding"] == "chunked"
