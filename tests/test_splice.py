@@ -130,6 +130,13 @@ async def test_a_slow_reader_gets_every_byte(
     lines = [json.loads(line) for line in _dechunk(payload).splitlines()]
     assert lines[-1]["done"] is True and lines[-1]["eval_count"] == 3000
     assert sum(1 for line in lines if not line["done"]) == 3000
+    # The backend connection the slow reader held (paused, with the lane) must not
+    # come back to the next stream still paused: that one would never be read.
+    short = {"model": "gpt-oss:20b", "messages": [{"role": "user", "content": "hi"}]}
+    async with asyncio.timeout(10):
+        for _ in range(3):
+            async with proxy.http.post(proxy.url + "/api/chat", json=short) as resp:
+                assert json.loads((await resp.read()).splitlines()[-1])["done"] is True
 
 
 class _Transport:
