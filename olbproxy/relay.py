@@ -38,7 +38,7 @@ from olbproxy.errors import (
     stream_error_line,
 )
 from olbproxy.exchange import Exchange, complete
-from olbproxy.lane import Lane
+from olbproxy.lane import Lane, Reply
 from olbproxy.pool import Backend
 from olbproxy.splice import Splice, can_splice, relay_spliced
 from olbproxy.upstream import Failure, Upstream, request_head
@@ -70,6 +70,16 @@ class Deadlines:
 
     first_byte: float | None
     idle: float | None = None
+
+
+def _headers(reply: Reply) -> CIMultiDict[str]:
+    """A lane answer's headers for the client: hop-by-hop ones and the length dropped."""
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in reply.headers:
+        text = name.decode("latin-1")
+        if text.lower() not in DROP_RESPONSE:
+            headers.add(text, value.decode("utf-8", "replace"))
+    return headers
 
 
 class Placement(Protocol):
@@ -221,11 +231,7 @@ class Relay:
             first_byte=deadlines.first_byte,
             splice=exchange.marked_end and self.splicing,
         )
-        exchange.status = upstream.status
-        if upstream.status >= 500:
-            self._failed(backend, f"answered {upstream.status}")
-        else:
-            self._succeeded(backend)
+        self._answered(backend, exchange, upstream.status)
         return await self._pipe(request, exchange, upstream, deadlines)
 
     async def _whole(
@@ -246,17 +252,22 @@ class Relay:
             request_head(request, backend, path, body) + (body or b""),
             seconds=deadlines.first_byte,
         )
-        exchange.status = status = reply.status
+        self._answered(backend, exchange, reply.status)
+        return await self._send_reply(request, exchange, reply, _headers(reply))
+
+    def _answered(self, backend: Backend, exchange: Exchange, status: int) -> None:
+        exchange.status = status
         if status >= 500:
             self._failed(backend, f"answered {status}")
         else:
             self._succeeded(backend)
-        headers: CIMultiDict[str] = CIMultiDict()
-        for name, value in reply.headers:
-            text = name.decode("latin-1")
-            if text.lower() not in DROP_RESPONSE:
-                headers.add(text, value.decode("utf-8", "replace"))
-        response = web.Response(status=status, reason=reply.reason, headers=headers)
+
+    @staticmethod
+    async def _send_reply(
+        request: web.Request, exchange: Exchange, reply: Reply, headers: CIMultiDict[str]
+    ) -> web.StreamResponse:
+        """A lane answer read whole, sent as headers and body in one write."""
+        response = web.Response(status=reply.status, reason=reply.reason, headers=headers)
         response.body = reply.body
         exchange.first_byte = time.monotonic()
         exchange.chunks.append(reply.body)
@@ -269,7 +280,7 @@ class Relay:
         finally:
             exchange.ended = time.monotonic()
         if exchange.outcome == "pending":
-            exchange.outcome = "done" if status < 400 else "error"
+            exchange.outcome = "done" if reply.status < 400 else "error"
         return response
 
     async def _streamed(
@@ -292,34 +303,13 @@ class Relay:
             request_head(request, backend, path, body) + (body or b""),
             seconds=deadlines.first_byte,
         )
-        exchange.status = status = reply.status
-        if status >= 500:
-            self._failed(backend, f"answered {status}")
-        else:
-            self._succeeded(backend)
-        headers: CIMultiDict[str] = CIMultiDict()
-        for name, value in reply.headers:
-            text = name.decode("latin-1")
-            if text.lower() not in DROP_RESPONSE:
-                headers.add(text, value.decode("utf-8", "replace"))
+        status = reply.status
+        self._answered(backend, exchange, status)
+        headers = _headers(reply)
         if status != 200:
             # An error answer, read whole by the lane: sent as one.
             lane.finish(stream)
-            whole = web.Response(status=status, reason=reply.reason, headers=headers)
-            whole.body = reply.body
-            exchange.first_byte = time.monotonic()
-            exchange.chunks.append(reply.body)
-            try:
-                await whole.prepare(request)
-                await whole.write_eof()
-            except ConnectionResetError:
-                exchange.outcome = "cancelled"
-                return whole
-            finally:
-                exchange.ended = time.monotonic()
-            if exchange.outcome == "pending":
-                exchange.outcome = "error"
-            return whole
+            return await self._send_reply(request, exchange, reply, headers)
         response = web.StreamResponse(status=status, reason=reply.reason, headers=headers)
         chunks = exchange.chunks
         watchdog = self.watchdog
