@@ -318,7 +318,6 @@ class Lane:
     def finish(self, connection: Stream) -> None:
         """Back to its pool if the answer was read whole and the instance keeps it open;
         closed otherwise (a stream cut short must stop Ollama generating)."""
-        assert isinstance(connection, _Connection)
         home = connection.home
         if (
             connection.complete

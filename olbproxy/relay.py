@@ -23,7 +23,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -82,6 +82,13 @@ def _headers(reply: Reply) -> CIMultiDict[str]:
     return headers
 
 
+# Relay._whole or Relay._streamed: one attempt through the lane.
+LanePath = Callable[
+    [web.Request, Exchange, Backend, bytes | None, Deadlines, str],
+    Awaitable[web.StreamResponse],
+]
+
+
 class Placement(Protocol):
     """Where an attempt goes: hands out a backend and takes it back afterwards."""
 
@@ -131,15 +138,16 @@ class Relay:
         last: Failure | None = None
         if not isinstance(body, bytes | None):
             attempts = 1  # a streamed upload cannot be sent twice
-        # Whole answers go through the lane (lane.py) where it serves the instance.
-        lane = self.lane if whole and request.method != "HEAD" else None
-        # Token streams too, spliced from the lane's body callback (needs the splice's
-        # writing to the client's transport).
-        stream_lane = (
-            self.lane
-            if exchange.marked_end and self.splicing and request.transport is not None
-            else None
-        )
+        # The lane (lane.py), where it serves the instance: whole answers, and token
+        # streams spliced from its body callback (the splice writes to the client).
+        via_lane: LanePath | None = None
+        lane_body: bytes | None = None
+        if self.lane is not None and isinstance(body, bytes | None):
+            lane_body = body
+            if whole and request.method != "HEAD":
+                via_lane = self._whole
+            elif exchange.marked_end and self.splicing and request.transport is not None:
+                via_lane = self._streamed
         for _ in range(attempts):
             waited = time.monotonic()
             try:
@@ -153,14 +161,8 @@ class Relay:
             exchange.backend = backend.label
             exchange.attempts += 1
             try:
-                if lane is not None and isinstance(body, bytes | None) and lane.serves(backend.url):
-                    return await self._whole(request, exchange, backend, body, deadlines, path)
-                if (
-                    stream_lane is not None
-                    and isinstance(body, bytes | None)
-                    and stream_lane.serves(backend.url)
-                ):
-                    return await self._streamed(request, exchange, backend, body, deadlines, path)
+                if via_lane is not None and self.lane is not None and self.lane.serves(backend.url):
+                    return await via_lane(request, exchange, backend, lane_body, deadlines, path)
                 return await self._attempt(request, exchange, backend, body, deadlines, path)
             except Failure as retry:
                 self.errors[backend.label, retry.kind] += 1
@@ -326,16 +328,11 @@ class Relay:
             if not complete(chunks, sse=exchange.sse):
                 # However cleanly the body ended, without Ollama's last line the backend
                 # died or was cut off (or the watchdog hung up on it).
-                if stream in watchdog.timed_out:
-                    message = f"backend sent nothing for {deadlines.idle or 0:g}s"
-                    kind = "idle_timeout"
-                else:
-                    message, kind = "backend connection lost mid-answer", "stream_broken"
-                exchange.outcome, exchange.error = "error", message
-                self.errors[exchange.backend or "", kind] += 1
-                await self._end_broken(request, response, exchange, message, False)
-            else:
-                await response.write_eof()
+                raise Failure("backend connection lost mid-answer", kind="stream_broken")
+            await response.write_eof()
+        except Failure as failure:
+            broken = self._broken(stream, deadlines, failure)
+            await self._stream_broken(request, response, exchange, broken, fixed_length=False)
         except ConnectionResetError:
             exchange.outcome = "cancelled"  # the client left mid-answer: an ordinary end
             return response
@@ -409,9 +406,7 @@ class Relay:
                 completed = True
         except Failure as failure:
             broken = self._broken(upstream, deadlines, failure)
-            exchange.outcome, exchange.error = "error", broken.message
-            self.errors[exchange.backend or "", broken.kind] += 1
-            await self._end_broken(request, response, exchange, broken.message, fixed_length)
+            await self._stream_broken(request, response, exchange, broken, fixed_length)
         except ConnectionResetError:
             # The client left mid-answer: an ordinary end, not an error to log.
             exchange.outcome = "cancelled"
@@ -430,14 +425,25 @@ class Relay:
             exchange.outcome = "done" if upstream.status < 400 else "error"
         return response
 
-    def _broken(
-        self, upstream: aiohttp.ClientResponse, deadlines: Deadlines, failure: Failure
-    ) -> Failure:
-        """Why a stream broke: the watchdog ended it (idle), or the backend went away."""
-        if upstream in self.watchdog.timed_out:
+    def _broken(self, watched: object, deadlines: Deadlines, failure: Failure) -> Failure:
+        """Why a stream broke: the watchdog ended it (idle), or the backend went away.
+        ``watched``: what the watchdog watched (aiohttp's response, a lane connection)."""
+        if watched in self.watchdog.timed_out:
             idle = deadlines.idle or 0
             return Failure(f"backend sent nothing for {idle:g}s", kind="idle_timeout")
         return failure
+
+    async def _stream_broken(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        exchange: Exchange,
+        broken: Failure,
+        fixed_length: bool,
+    ) -> None:
+        exchange.outcome, exchange.error = "error", broken.message
+        self.errors[exchange.backend or "", broken.kind] += 1
+        await self._end_broken(request, response, exchange, broken.message, fixed_length)
 
     async def _copy(
         self,
