@@ -215,8 +215,12 @@ def summary(m: Measurement) -> str:
         parts.append(f"{m.rss_per_stream_kib:.1f} KiB/stream ({m.opened} open)")
     if m.cores:
         parts.append(
-            "cores: target {:.2f} sims {:.2f} load {:.2f} db {:.2f} machine {:.2f}".format(
-                *(m.cores.get(k, 0.0) for k in ("target", "backends", "load", "db", "machine"))
+            "cores: target {:.2f} (busiest process {:.2f}) sims {:.2f} load {:.2f} db {:.2f} "
+            "machine {:.2f}".format(
+                *(
+                    m.cores.get(k, 0.0)
+                    for k in ("target", "target_busiest", "backends", "load", "db", "machine")
+                )
             )
         )
     parts.append(f"{m.errors} errors")

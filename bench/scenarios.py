@@ -280,6 +280,8 @@ def fill(
     m.ttft_ms, m.gap_ms = outcome.ttft_ms, outcome.gap_ms
     m.schedule_lag_ms = outcome.schedule_lag_ms
     m.cores = {role: round(usage.cores(role), 3) for role in usage.cpu}
+    # The target's busiest process: olbproxy's relay (its recording process is the rest).
+    m.cores["target_busiest"] = round(usage.busiest.get("target", 0.0), 3)
     m.cores["others"] = round(usage.others, 3)
     m.cores["machine"] = round(usage.machine, 3)
     target_cpu, backend_cpu = usage.cpu.get("target", 0.0), usage.cpu.get("backends", 0.0)

@@ -31,14 +31,15 @@ from olbproxy.edge import (
     error_middleware,
     mark_started,
 )
-from olbproxy.exchange import EXCHANGE
+from olbproxy.exchange import EXCHANGE, new_id
 from olbproxy.health import HealthChecker
 from olbproxy.lag import GcPauses, LoopLag
 from olbproxy.lane import Lane
 from olbproxy.management import ModelManagement
 from olbproxy.metrics import Metrics
+from olbproxy.persistence.handoff import Handoff
 from olbproxy.persistence.placements import PlacementFeed
-from olbproxy.persistence.recorder import Recorder
+from olbproxy.persistence.recorder import Recorder, Recording
 from olbproxy.persistence.rooms import RoomsApi
 from olbproxy.placement import Planner
 from olbproxy.pool import Backend, Pool
@@ -67,7 +68,7 @@ METRICS = web.AppKey("METRICS", Metrics)
 STATUS = web.AppKey("STATUS", Status)
 STORE: web.AppKey[Store] = web.AppKey("STORE")
 AUTHENTICATOR = web.AppKey("AUTHENTICATOR", Authenticator)
-RECORDER = web.AppKey("RECORDER", Recorder)
+RECORDER = web.AppKey("RECORDER", Recording)
 EDGE = web.AppKey("EDGE", Edge)
 AUDIT = web.AppKey("AUDIT", AuditTrail)
 SUPERVISOR = web.AppKey("SUPERVISOR", Supervisor)
@@ -189,7 +190,18 @@ async def create_app(settings: Settings) -> web.Application:
     # is checked before the backend sees the request. The recorder's lifetime comes
     # after the store's, so on shutdown it writes (or spools) its queue before the store
     # closes.
-    recorder = Recorder(settings.store, store)
+    # This process among the proxies that share the database (rooms' placements).
+    instance = new_id()
+    recorder: Recording
+    store_settings = settings.store
+    if (
+        store_settings.record
+        and store_settings.recorder == "process"
+        and store_settings.backend == "mongodb"
+    ):
+        recorder = Handoff(settings, store, instance=instance)
+    else:
+        recorder = Recorder(settings.store, store, instance=instance)
     app[RECORDER] = recorder
     rooms = RoomsApi(store, recorder)
     routes += rooms.routes()
@@ -205,7 +217,7 @@ async def create_app(settings: Settings) -> web.Application:
         api.preflight.append(rooms.preflight)
         # Where rooms' turns ran, as recorded (by this proxy or another): read back so
         # that a continuation finds its instance after a restart, or through a replica.
-        feed = PlacementFeed(store.rooms, planner, settings.placement)
+        feed = PlacementFeed(store.rooms, planner, settings.placement, instance=instance)
         app[PLACEMENT_FEED] = feed
         app.cleanup_ctx.append(feed.lifetime)
 

@@ -412,6 +412,10 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError(f"{src}: store.batch_size: must be at least 1")
     if settings.store.queue_size < 0:
         raise ConfigError(f"{src}: store.queue_size: must not be negative")
+    if settings.store.defer < 0:
+        raise ConfigError(f"{src}: store.defer: must not be negative")
+    if settings.store.nice not in range(20):
+        raise ConfigError(f"{src}: store.nice: must be between 0 and 19")
     if not settings.store.spool_dir.strip():
         raise ConfigError(f"{src}: store.spool_dir: must name a directory")
     if settings.max_body_bytes < 1024:

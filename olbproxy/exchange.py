@@ -47,6 +47,13 @@ class Placed:
     reason: str  # sticky, prefix, resident, round_robin, cold, fallback_busy
     prompt: Prompt | None = field(default=None, repr=False)
     cached_tokens: float = 0.0  # of the prompt, expected to be cached where it went
+    # The prompt's key as a frame carried it to the recording process (frame.py),
+    # which has no Prompt.
+    recorded_key: str | None = None
+
+    def key_hex(self) -> str | None:
+        """The key of the whole prompt (the next turn's placement looks it up)."""
+        return self.prompt.key.hex() if self.prompt is not None else self.recorded_key
 
 
 @dataclass(slots=True, eq=False)

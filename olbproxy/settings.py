@@ -119,9 +119,23 @@ class StoreSettings:
     spool_dir: str = "var/spool"
     # Finished exchanges waiting in memory for the writer; beyond this, to the spool.
     queue_size: int = 10_000
-    # Records per MongoDB write. Small on purpose: building and encoding a batch runs on
-    # the event loop, and a batch of 200 held streams up for ~10 ms; 32 keeps it ~1 ms.
+    # Records per MongoDB write. Small on purpose: with recorder "loop", building and
+    # encoding a batch runs on the relay's event loop, and a batch of 200 held streams up
+    # for ~10 ms; 32 keeps it ~1 ms.
     batch_size: int = 32
+    # Where records are built, filed and written: "process", a recording process of the
+    # proxy's own (persistence/worker.py; the relay's loop only encodes one frame per
+    # exchange), or "loop", the relay's own event loop. The memory store always records
+    # on the loop: it lives in the proxy's process.
+    recorder: Literal["process", "loop"] = "process"
+    # How the recording process yields the cores to relaying: above 0, on Linux it runs
+    # as SCHED_IDLE (only on a core nothing else wants), elsewhere with this niceness.
+    # 0: an ordinary process.
+    nice: int = 19
+    # Seconds recording may wait while the relay's process is busy (most of a core):
+    # records then wait in memory (beyond queue_size on disk) and the recording process
+    # and MongoDB leave the cores to relaying. 0: record as exchanges finish, always.
+    defer: float = 30.0
     # False: no message text and no titles, only metadata, counters and history hashes.
     store_content: bool = True
     # False: conversations are not recorded at all (users and API keys still are).

@@ -30,6 +30,10 @@ def database_of(uri: str) -> str:
 def store_settings(mongo_uri: str | None, **overrides: Any) -> StoreSettings:
     if mongo_uri is None:
         return StoreSettings(backend="memory", **overrides)
+    # Recording never waits for a busy relay here: the test's own process (client,
+    # simulators and proxy in one) is what the pacing would see. test_handoff.py tests
+    # the waiting with a load it sets.
+    overrides.setdefault("defer", 0.0)
     return StoreSettings(
         backend="mongodb",
         mongodb_uri=mongo_uri,

@@ -301,6 +301,10 @@ async def test_decisions_are_counted_recorded_and_shown_to_admins_only(
     # The room keeps where its latest turn ran (what a restarted proxy reads back).
     (served,) = [s for _, s in await site.store.rooms.placements(EPOCH, limit=10)]
     assert served.backend == again.backend
+    # Signed by this proxy, whose feed does not read it back (its planner knows it).
+    feed = site.proxy.app[PLACEMENT_FEED]
+    assert served.by is not None and served.by == feed.instance
+    assert await feed.load() == 0
 
 
 async def test_the_header_is_off_by_default(start_sims: StartSims, start_proxy: StartProxy) -> None:

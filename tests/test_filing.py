@@ -208,3 +208,30 @@ async def test_a_room_id_taken_between_planning_and_writing_is_noticed(filing: F
     again = await filing.plan([mine], replay=False)
     assert again.rooms[0].id != mine.id and again.rooms[0].user_id == "u1"
     assert again.messages[0].room_id == again.rooms[0].id
+
+
+async def test_a_batch_of_new_conversations_asks_the_database_about_their_rooms_once(
+    filing: Filing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rooms = filing.store.rooms
+    reads: list[str] = []
+    get, get_many = rooms.get, rooms.get_many
+
+    async def one(room_id: str) -> Any:
+        reads.append("get")
+        return await get(room_id)
+
+    async def many(room_ids: Any) -> Any:
+        reads.append(f"get_many {len(room_ids)}")
+        return await get_many(room_ids)
+
+    monkeypatch.setattr(rooms, "get", one)
+    monkeypatch.setattr(rooms, "get_many", many)
+    firsts = [record(user=f"u{n}") for n in range(32)]
+    await write(filing, *firsts)
+    assert reads == ["get_many 32"]
+    assert [await placed(filing.store, r.id) for r in firsts] == [(r.id, 1) for r in firsts]
+    # The next turns know their rooms from the first batch: no read at all.
+    reads.clear()
+    await write(filing, *[record(user=r.user_id, continues=[r.full_hash]) for r in firsts])
+    assert reads == []

@@ -31,6 +31,9 @@ USER = "anonymous"  # authentication is off in these tests
 
 
 def persisted(sims: list[OllamaSimulator], uri: str, spool: Path, **store: Any) -> Settings:
+    # The recorder on the relay's loop, where these tests reach into it; the same
+    # recorder in the recording process is tested in test_handoff.py.
+    store.setdefault("recorder", "loop")
     return make_settings(
         group("20b", (MODEL,), sims),
         store=store_settings(uri, spool_dir=str(spool), timeout=1.0, **store),
@@ -39,12 +42,16 @@ def persisted(sims: list[OllamaSimulator], uri: str, spool: Path, **store: Any) 
 
 async def start(start_proxy: StartProxy, settings: Settings) -> Proxy:
     app = await create_app(settings)
-    app[RECORDER].backoff = (0.05, 0.5)  # tests wait for MongoDB's return, not for backoff
+    recorder = app[RECORDER]
+    assert isinstance(recorder, Recorder)
+    recorder.backoff = (0.05, 0.5)  # tests wait for MongoDB's return, not for backoff
     return await start_proxy(settings, app)
 
 
 def recorder_of(proxy: Proxy) -> Recorder:
-    return proxy.app[RECORDER]
+    recorder = proxy.app[RECORDER]
+    assert isinstance(recorder, Recorder)
+    return recorder
 
 
 async def settled(proxy: Proxy, within: float = 10.0) -> None:

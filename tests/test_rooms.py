@@ -11,7 +11,7 @@ from conftest import StartProxy, StartSims, group, make_settings, until
 from identity import PASSWORD, Site, bearer, start_site
 
 from olbproxy.app import RECORDER
-from olbproxy.persistence.recorder import Recorder
+from olbproxy.persistence.recorder import Recording
 
 MODEL = "gpt-oss:20b"
 
@@ -21,7 +21,7 @@ async def site(start_sims: StartSims, start_proxy: StartProxy, mongo_uri: str) -
     return await start_site(start_sims, start_proxy, mongo_uri)
 
 
-def recorder_of(site: Site) -> Recorder:
+def recorder_of(site: Site) -> Recording:
     return site.proxy.app[RECORDER]
 
 

@@ -122,6 +122,26 @@ async def test_a_rooms_latest_placement_is_kept_and_read_back_oldest_first(store
     assert len(await store.rooms.placements(at(0), limit=1)) == 1
 
 
+async def test_rooms_are_read_a_batch_at_a_time(store: Store) -> None:
+    await store.rooms.open([room("r1"), room("r2")])
+    got = await store.rooms.get_many(["r2", "missing", "r1", "r2"])
+    assert sorted(r.id for r in got) == ["r1", "r2"]
+    assert await store.rooms.get_many([]) == []
+
+
+async def test_a_proxy_reads_back_only_the_placements_other_proxies_recorded(store: Store) -> None:
+    mine = Served("k1" * 16, "127.0.0.1:11435", at(10), by="me")
+    theirs = Served("k2" * 16, "127.0.0.1:11436", at(20), by="them")
+    unsigned = Served("k3" * 16, "127.0.0.1:11437", at(30))  # recorded before "by" existed
+    await store.rooms.open([room("r1", served=mine), room("r2", served=theirs)])
+    await store.rooms.open([room("r3", served=unsigned)])
+    assert await store.rooms.placements(at(0), limit=10, other_than="me") == [
+        ("r2", theirs),
+        ("r3", unsigned),
+    ]
+    assert [r for r, _ in await store.rooms.placements(at(0), limit=10)] == ["r1", "r2", "r3"]
+
+
 async def test_rooms_are_listed_newest_first_a_page_at_a_time(store: Store) -> None:
     await store.rooms.open(
         [

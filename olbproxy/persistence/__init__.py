@@ -1,11 +1,15 @@
 """Rooms and messages: every chat and generate exchange recorded, never in the way.
 
+    handoff.py    the relay's side: each finished exchange handed to the recording process
+    frame.py      one finished exchange as it travels there
+    worker.py     the recording process (python -m olbproxy.persistence.worker)
     recorder.py   the pipeline: queue -> writer -> MongoDB, spooling to disk when it cannot
     record.py     one finished exchange as persistence keeps it (and its spool line)
     history.py    what a request says about its room: history hashes, titles, new input
     filing.py     which room each record goes to, and in which position
     spool.py      the append-only file records wait in while MongoDB is away
     rooms.py      the rooms API (/api/rooms) and the ownership check of named rooms
+    placements.py where other proxies placed rooms' turns, read back into the planner
 
 Only ``store/`` knows MongoDB; this package speaks the store's protocols.
 """

@@ -102,6 +102,7 @@ class Filing:
         if replay:
             # Some of these may have been written before the outage (or the crash).
             written = {m.id: m for m in await self.store.messages.get_many([r.id for r in records])}
+        await self._prefetch(plan, [r for r in records if r.id not in written])
         for index, record in enumerate(records, 1):
             done = written.get(record.id)
             if done is not None:
@@ -111,6 +112,35 @@ class Filing:
             if index % 8 == 0:
                 await asyncio.sleep(0)  # planning shares the loop with streams: small slices
         return plan
+
+    async def _prefetch(self, plan: Plan, records: Sequence[Record]) -> None:
+        # The owners of the rooms a batch names or may open, in one read, not one read
+        # per record (a new conversation asks whether its room id is free): against the
+        # database, a batch of 32 first turns is then 3 operations instead of 34.
+        wanted = {
+            room_id
+            for record in records
+            for room_id in (record.named_room, record.id if self._may_open(record) else None)
+            if room_id is not None and not self._known(room_id)
+        }
+        if not wanted:
+            return
+        found = {room.id: room for room in await self.store.rooms.get_many(sorted(wanted))}
+        for room_id in wanted:
+            room = found.get(room_id)
+            plan.owners[room_id] = None if room is None else room.user_id
+            if room is not None:
+                plan.turns.setdefault(room_id, room.turns)
+
+    def _may_open(self, record: Record) -> bool:
+        # A turn whose conversation is known continues it: its own id is never asked for.
+        heads = self._heads
+        return record.opens_room and not any(
+            heads.get((record.user_id, d)) for d in record.continues
+        )
+
+    def _known(self, room_id: str) -> bool:
+        return self._owners.get(room_id) is not None and self._turns.get(room_id) is not None
 
     def commit(self, plan: Plan) -> None:
         for room_id, owner in plan.owners.items():
@@ -215,9 +245,8 @@ class Filing:
     async def _owner(self, plan: Plan, room_id: str) -> str | None:
         if room_id in plan.owners:
             return plan.owners[room_id]
-        owner = self._owners.get(room_id)
-        if owner is not None and self._turns.get(room_id) is not None:
-            return owner
+        if self._known(room_id):
+            return self._owners.get(room_id)
         room = await self.store.rooms.get(room_id)
         plan.owners[room_id] = None if room is None else room.user_id
         if room is not None:

@@ -86,6 +86,7 @@ class Record:
     full_hash: str | None = None
     continues: list[str] = field(default_factory=list)  # candidate hashes, best first
     truncated: list[str] = field(default_factory=list)
+    by: str | None = None  # the proxy process that recorded it (Served.by)
 
     def line(self) -> bytes:
         data = {"v": FORMAT, **dataclasses.asdict(self)}
@@ -118,7 +119,7 @@ class Record:
         """Where this exchange ran, for its room: what the next turn is placed by."""
         if self.placement_key is None or self.backend is None or self.status == "error":
             return None
-        return Served(self.placement_key, self.backend, moment(self.ended_at))
+        return Served(self.placement_key, self.backend, moment(self.ended_at), self.by)
 
     def message(self, room_id: str | None, seq: int | None) -> Message:
         return Message(
@@ -230,7 +231,6 @@ def record_of(exchange: Exchange, *, store_content: bool) -> Record:
         title = f"{exchange.model or 'chat'} · {moment(started):%Y-%m-%d %H:%M} UTC"
     ttft = exchange.ttft
     placed = exchange.placed
-    prompt = placed.prompt if placed is not None else None
     return Record(
         id=exchange.id,
         kind=kind,
@@ -256,7 +256,7 @@ def record_of(exchange: Exchange, *, store_content: bool) -> Record:
         http_status=exchange.status or None,
         error=error,
         placement=(placed.reason or None) if placed is not None else None,
-        placement_key=prompt.key.hex() if prompt is not None else None,
+        placement_key=placed.key_hex() if placed is not None else None,
         title=title,
         named_room=exchange.room_id,
         opens_room=kind != "task" and has_answer and not completion,

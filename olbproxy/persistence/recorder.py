@@ -38,6 +38,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
+from typing import Protocol
 
 from olbproxy.errors import ProxyError, Unavailable
 from olbproxy.exchange import Exchange
@@ -58,6 +59,23 @@ REPORT_EVERY = 5.0  # seconds between log lines about the spool while it changes
 Item = Exchange | Record
 
 
+class Recording(Protocol):
+    """What the proxy asks of persistence: the Recorder on the relay's loop, or the
+    Handoff (handoff.py) to a recording process of its own."""
+
+    filing: Filing  # room owners, for the rooms API's preflight
+    spooling: bool  # the database is known to be behind: do not wait for it
+    stats: Counter[str]
+
+    def observe(self, exchange: Exchange) -> None: ...
+    def forget(self, room_id: str) -> None: ...
+    def backlog(self) -> dict[str, int]: ...
+    @property
+    def idle(self) -> bool: ...
+    async def start(self, supervisor: Supervisor | None = None) -> None: ...
+    async def close(self) -> None: ...
+
+
 class Recorder:
     """The persistence pipeline (see the module docstring)."""
 
@@ -68,8 +86,12 @@ class Recorder:
         *,
         filing: Filing | None = None,
         spool: Spool | None = None,
+        instance: str | None = None,
     ) -> None:
         self.settings = settings
+        # The proxy process's instance id, written with each room's placement so that
+        # its placement feed can leave out what it knows already (placements.py).
+        self.instance = instance
         self.store = store
         self.filing = filing or Filing(store)
         # The memory store never fails; its spool (queue overflow only) stays in memory.
@@ -102,8 +124,10 @@ class Recorder:
 
     # -- the request side ------------------------------------------------------------------
 
-    def observe(self, exchange: Exchange) -> None:
-        """An ``OllamaApi`` observer: take a finished exchange, without waiting for anything."""
+    def observe(self, exchange: Exchange, *, resent: bool = False) -> None:
+        """An ``OllamaApi`` observer: take a finished exchange, without waiting for anything.
+        ``resent``: it may be in MongoDB already (worker.py), so it goes through the
+        spool's replay, which looks before it files."""
         if exchange.endpoint not in RECORDED:
             return
         if self._closed:
@@ -111,6 +135,8 @@ class Recorder:
             return
         if self._closing:
             self._divert("shutting down")
+        elif resent:
+            self._divert("the relay resent records that may be in MongoDB already")
         elif not self.spooling and len(self._queue) >= self.settings.queue_size:
             self._divert(f"the queue is full ({len(self._queue)} records)")
         if self.spooling:
@@ -119,6 +145,10 @@ class Recorder:
             return
         self._queue.append(exchange)
         self._queued.set()
+
+    def forget(self, room_id: str) -> None:
+        """The room was deleted (rooms API)."""
+        self.filing.forget(room_id)
 
     def backlog(self) -> dict[str, int]:
         """Records not in MongoDB yet: in memory (``queue``) and on disk (``spool``)."""
@@ -273,7 +303,9 @@ class Recorder:
         if isinstance(item, Record):
             return item
         try:
-            return record_of(item, store_content=self.settings.store_content)
+            record = record_of(item, store_content=self.settings.store_content)
+            record.by = self.instance
+            return record
         except Exception:  # a bug must cost one record, not the pipeline
             log.exception("persistence: cannot build the record of exchange %s", item.id)
             return None

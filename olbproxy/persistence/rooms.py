@@ -36,7 +36,7 @@ from olbproxy.errors import BadRequest, Forbidden, NotFound, ProxyError
 from olbproxy.exchange import Exchange
 from olbproxy.persistence.history import RECORDED
 from olbproxy.persistence.record import moment
-from olbproxy.persistence.recorder import Recorder
+from olbproxy.persistence.recorder import Recording
 from olbproxy.store import Mark, Message, MessageKind, Room, Store
 
 log = logging.getLogger("olbproxy.persistence.rooms")
@@ -132,7 +132,7 @@ def room_id_of(value: str, where: str) -> str:
 class RoomsApi:
     """The rooms routes, and the ownership check of named rooms."""
 
-    def __init__(self, store: Store, recorder: Recorder) -> None:
+    def __init__(self, store: Store, recorder: Recording) -> None:
         self.store = store
         self.recorder = recorder
         self.filing = recorder.filing
@@ -225,7 +225,7 @@ class RoomsApi:
             # never messages nobody can reach.
             await self.store.messages.delete_room(room.id)
             await self.store.rooms.delete(room.id)
-            self.filing.forget(room.id)
+            self.recorder.forget(room.id)
             return web.Response(status=204)
         _, data = await read_json(request, _BODY_LIMIT)
         title = data.get("title")

@@ -86,9 +86,10 @@ class Spool:
         if lines:
             await self._run(self._append, lines)
 
-    async def read(self, limit: int) -> Batch:
-        """Up to ``limit`` records from the oldest unacknowledged one, in order."""
-        return await self._run(self._read, limit)
+    async def read(self, limit: int, after: Batch | None = None) -> Batch:
+        """Up to ``limit`` records from the oldest unacknowledged one (or from the end of
+        ``after``, read before and not acknowledged yet), in order."""
+        return await self._run(self._read, limit, None if after is None else after.end)
 
     async def ack(self, batch: Batch) -> None:
         """The database holds these records now: move past them for good."""
@@ -238,12 +239,13 @@ class Spool:
         if created:
             _sync_dir(self.directory)  # the new file's name must survive a crash too
 
-    def _read(self, limit: int) -> Batch:
+    def _read(self, limit: int, start: tuple[int, int] | None = None) -> Batch:
         if self.directory is None:
-            taken = [self._memory[i] for i in range(min(limit, len(self._memory)))]
-            return Batch(taken, (0, len(taken)))
+            first = 0 if start is None else start[1]
+            taken = [self._memory[i] for i in range(first, min(first + limit, len(self._memory)))]
+            return Batch(taken, (0, first + len(taken)))
         lines: list[bytes] = []
-        segment, offset = self._cursor
+        segment, offset = start or self._cursor
         size = 0
         while len(lines) < limit and segment in self._segments:
             with self._path(segment).open("rb") as f:

@@ -97,6 +97,9 @@ class Served:
     key: str  # the exchange key of that turn's whole prompt (prompt.Prompt.key, hex)
     backend: str  # the instance that answered it (host:port)
     at: datetime  # when it ended
+    # The proxy process that recorded it (its instance id): the placement feed reads
+    # only other processes' placements, since a proxy knows its own already.
+    by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +220,9 @@ class Keys(Protocol):
 class Rooms(Protocol):
     async def get(self, room_id: str) -> Room | None: ...
 
+    async def get_many(self, room_ids: Sequence[str]) -> Sequence[Room]:
+        """The rooms among these ids that exist, in any order: one read for a batch."""
+
     async def open(self, rooms: Sequence[Room]) -> set[str]:
         """Insert each room whose id is not taken yet; an existing room is left as it is.
         Returns the ids that were taken already."""
@@ -231,9 +237,12 @@ class Rooms(Protocol):
 
     async def delete(self, room_id: str) -> bool: ...
 
-    async def placements(self, since: datetime, *, limit: int) -> Sequence[tuple[str, Served]]:
+    async def placements(
+        self, since: datetime, *, limit: int, other_than: str | None = None
+    ) -> Sequence[tuple[str, Served]]:
         """(room id, placement) of rooms whose latest placement is from ``since`` on,
-        oldest first: what other proxies' turns ran where (placement feed)."""
+        oldest first, not recorded by ``other_than``: what other proxies' turns ran
+        where (placement feed)."""
 
 
 class Messages(Protocol):

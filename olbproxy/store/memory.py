@@ -104,6 +104,9 @@ class MemoryRooms:
     async def get(self, room_id: str) -> Room | None:
         return self._by_id.get(room_id)
 
+    async def get_many(self, room_ids: Sequence[str]) -> Sequence[Room]:
+        return [self._by_id[i] for i in dict.fromkeys(room_ids) if i in self._by_id]
+
     async def open(self, rooms: Sequence[Room]) -> set[str]:
         taken = {room.id for room in rooms if room.id in self._by_id}
         for room in rooms:
@@ -141,9 +144,15 @@ class MemoryRooms:
     async def delete(self, room_id: str) -> bool:
         return self._by_id.pop(room_id, None) is not None
 
-    async def placements(self, since: datetime, *, limit: int) -> Sequence[tuple[str, Served]]:
+    async def placements(
+        self, since: datetime, *, limit: int, other_than: str | None = None
+    ) -> Sequence[tuple[str, Served]]:
         found = [
-            (r.id, r.served) for r in self._by_id.values() if r.served and r.served.at >= since
+            (r.id, r.served)
+            for r in self._by_id.values()
+            if r.served
+            and r.served.at >= since
+            and (other_than is None or r.served.by != other_than)
         ]
         found.sort(key=lambda pair: pair[1].at)
         return found[:limit]

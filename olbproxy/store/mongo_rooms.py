@@ -38,7 +38,10 @@ def _duplicates(exc: BulkWriteError, docs: Sequence[Document]) -> set[str]:
 
 
 def _served_doc(served: Served) -> Document:
-    return {"key": served.key, "backend": served.backend, "at": served.at}
+    doc = {"key": served.key, "backend": served.backend, "at": served.at}
+    if served.by is not None:
+        doc["by"] = served.by
+    return doc
 
 
 def _served(value: Any) -> Served | None:
@@ -46,7 +49,8 @@ def _served(value: Any) -> Served | None:
         return None
     key, backend, at = value.get("key"), value.get("backend"), value.get("at")
     if isinstance(key, str) and isinstance(backend, str) and isinstance(at, datetime):
-        return Served(key, backend, at)
+        by = value.get("by")
+        return Served(key, backend, at, by if isinstance(by, str) else None)
     return None
 
 
@@ -122,6 +126,13 @@ class MongoRooms(_Collection):
             doc = await self.collection.find_one({"_id": room_id})
         return None if doc is None else _room(doc)
 
+    async def get_many(self, room_ids: Sequence[str]) -> Sequence[Room]:
+        if not room_ids:
+            return []
+        with mongo_errors(self.seconds):
+            docs = await self.collection.find({"_id": {"$in": list(room_ids)}}).to_list()
+        return [_room(doc) for doc in docs]
+
     async def open(self, rooms: Sequence[Room]) -> set[str]:
         if not rooms:
             return set()
@@ -177,8 +188,12 @@ class MongoRooms(_Collection):
             result = await self.collection.delete_one({"_id": room_id})
         return result.deleted_count > 0
 
-    async def placements(self, since: datetime, *, limit: int) -> Sequence[tuple[str, Served]]:
-        query = {"served.at": {"$gte": since}}
+    async def placements(
+        self, since: datetime, *, limit: int, other_than: str | None = None
+    ) -> Sequence[tuple[str, Served]]:
+        query: Document = {"served.at": {"$gte": since}}
+        if other_than is not None:
+            query["served.by"] = {"$ne": other_than}
         with mongo_errors(self.seconds):
             cursor = (
                 self.collection.find(query, {"served": 1}).sort("served.at", ASCENDING).limit(limit)

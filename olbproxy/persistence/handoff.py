@@ -1,0 +1,432 @@
+"""Handoff: the recorder's face in the relay's process when recording runs in a process
+of its own (``store.recorder: process``, worker.py).
+
+::
+
+    handler's finally ─observe()─► frame ─pipe─► recording process ─► MongoDB / its spool
+                                     │ kept until the process reports it settled
+                                     │ queue_size frames unsettled already:
+                                     ▼
+                                   overflow (disk, fsync'd: spool_dir/handoff) ─► pipe, later
+
+* ``observe`` encodes one frame (frame.py) and queues it for the pipe; the frames of a
+  loop turn go out in one write. Nothing on the request path waits for the process,
+  MongoDB or the disk.
+* Every frame is kept (bytes: the garbage collector never walks them) until the
+  process reports it settled: written to MongoDB, in its fsync'd spool, or given up.
+  If the process dies, it is started again and the unsettled frames are resent,
+  marked ``RESENT`` (they may be in MongoDB already: the replay looks before it files).
+* With ``queue_size`` frames unsettled (the process cannot keep up, or is starting
+  again), new frames go to the overflow on disk, in order, and are sent from there
+  once fewer than half that many are unsettled; while the overflow holds frames, new
+  ones line up behind them, so records still reach MongoDB in the order their
+  exchanges finished.
+* ``close``: the end of the pipe tells the process to write (or spool) its queue and
+  exit. Frames it did not settle, and those still held for the overflow, go to the
+  overflow, and the next start sends them first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import itertools
+import json
+import logging
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from olbproxy.errors import StartupError
+from olbproxy.exchange import Exchange
+from olbproxy.persistence.filing import Filing
+from olbproxy.persistence.frame import RESENT, encode, forget
+from olbproxy.persistence.history import RECORDED
+from olbproxy.persistence.spool import Batch, Spool
+from olbproxy.persistence.worker import LENGTH
+from olbproxy.settings import Settings
+from olbproxy.store import Store
+from olbproxy.supervisor import Supervisor
+
+log = logging.getLogger("olbproxy.persistence.handoff")
+
+WORKER = (sys.executable, "-m", "olbproxy.persistence.worker")
+START_SECONDS = 30.0  # for the process to import, open its spool and say it is ready
+OVERFLOW = "handoff"  # the overflow's directory, inside store.spool_dir
+UNLOAD = 1024  # frames per read from the overflow (each acknowledgement is an fsync)
+TELL_EVERY = 60.0  # seconds between log lines saying that recording waits
+PACE = 0.25  # seconds between looks at how busy the relay's process is
+BUSY, CALM = 0.3, 0.15  # of a core: recording waits from BUSY on, until below CALM
+
+
+def cpu_share() -> Callable[[], float]:
+    """A function returning the cores this process used since its last call."""
+    last = [time.process_time(), time.monotonic()]
+
+    def share() -> float:
+        cpu, wall = time.process_time(), time.monotonic()
+        used = (cpu - last[0]) / max(wall - last[1], 1e-6)
+        last[:] = cpu, wall
+        return used
+
+    return share
+
+
+def resent(frame: bytes) -> bytes:
+    return bytes((RESENT,)) + frame[1:]
+
+
+class Handoff:
+    """Frames to the recording process (see the module docstring); the recorder's API."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        instance: str | None = None,
+        command: Sequence[str] = WORKER,
+    ) -> None:
+        self.settings = settings.store
+        self._config = json.dumps(
+            {
+                "store": dataclasses.asdict(settings.store),
+                "instance": instance,
+                "log_level": settings.log_level,
+                "log_format": settings.log_format,
+                "log_file": settings.log_file,
+            }
+        ).encode()
+        self._command = tuple(command)
+        # Room owners for the rooms API's preflight; this one never files a record.
+        self.filing = Filing(store)
+        self.overflow = Spool(Path(settings.store.spool_dir) / OVERFLOW)
+        self.spooling = False  # the process's recorder is spooling
+        self.stats: Counter[str] = Counter()
+        self._limit = max(1, settings.store.queue_size)
+        # How long a stop waits for the process to write (or spool) its queue and exit.
+        self.stop_seconds = settings.store.timeout * 2 + 15
+        self._unsettled: deque[bytes] = deque()
+        self._written = 0  # of the unsettled, the oldest this many went to the process
+        # Deferral (see _pace_loop): while the relay is busy, frames wait here.
+        self.deferring = False
+        self._defer_from = 0.0
+        self._no_defer_until = 0.0
+        self.share = cpu_share()
+        self._told = -TELL_EVERY
+        self._outgoing: list[bytes] = []
+        self._held: list[bytes] = []  # for the overflow, not on disk yet
+        self._overflowing = False
+        self._pipe: asyncio.StreamWriter | None = None
+        self._settled = 0  # as the running process counts them
+        self._spool = 0  # records in the process's spool
+        self._earlier: Counter[str] = Counter()  # stats of processes before this one
+        self._ready: asyncio.Future[None] | None = None
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._closed = False
+        self._process: asyncio.subprocess.Process | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def __repr__(self) -> str:
+        return f"<Handoff backlog={self.backlog()} {dict(self.stats)}>"
+
+    # -- the request side ------------------------------------------------------------------
+
+    def observe(self, exchange: Exchange) -> None:
+        """An ``OllamaApi`` observer: one frame, queued; nothing awaited."""
+        if exchange.endpoint not in RECORDED:
+            return
+        if self._closed:
+            log.error("persistence has stopped: the record of exchange %s is lost", exchange.id)
+            return
+        try:
+            frame = encode(exchange)
+        except (TypeError, ValueError):  # a bug must cost one record, not the request
+            log.exception(
+                "persistence: cannot hand over exchange %s; its record is lost", exchange.id
+            )
+            return
+        if self._overflowing or len(self._unsettled) >= self._limit:
+            if not self._overflowing:
+                self._overflowing = True
+                log.warning(
+                    "persistence: %d records wait for the recording process; "
+                    "the next ones wait on disk (%s)",
+                    len(self._unsettled),
+                    self.overflow.directory,
+                )
+            self._held.append(frame)
+            self._wake.set()
+            return
+        self._send(frame)
+
+    def forget(self, room_id: str) -> None:
+        """The room was deleted (rooms API): here and in the recording process."""
+        self.filing.forget(room_id)
+        if self._pipe is not None:
+            self._queue(forget(room_id))
+
+    def backlog(self) -> dict[str, int]:
+        """Records not in MongoDB yet: in memory (``queue``) and on disk (``spool``)."""
+        held = len(self._held) + self.overflow.depth
+        return {"queue": len(self._unsettled), "spool": self._spool + held}
+
+    @property
+    def pid(self) -> int | None:
+        """The recording process's, while one runs."""
+        process = self._process
+        return process.pid if process is not None and process.returncode is None else None
+
+    @property
+    def idle(self) -> bool:
+        """Everything observed so far is in the database."""
+        return not self.spooling and not any(self.backlog().values())
+
+    def _send(self, frame: bytes) -> None:
+        self._unsettled.append(frame)
+        if self._pipe is not None and not self.deferring:  # else sent later: _release
+            self._queue(frame)
+            self._written += 1
+
+    def _release(self) -> None:
+        """Send what waits in memory, when a process takes frames and nothing defers."""
+        if self._pipe is None or self.deferring:
+            return
+        for frame in itertools.islice(self._unsettled, self._written, None):
+            self._queue(frame)
+        self._written = len(self._unsettled)
+
+    def _queue(self, frame: bytes) -> None:
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outgoing.append(frame)
+
+    def _flush(self) -> None:
+        frames, self._outgoing = self._outgoing, []
+        if self._pipe is not None and frames:
+            self._pipe.writelines(frames)
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    async def start(self, supervisor: Supervisor | None = None) -> None:
+        """Start the recording process; return once it records (``StartupError`` if not)."""
+        supervisor = supervisor or Supervisor()
+        await self.overflow.open()
+        if self.overflow.depth:
+            self._overflowing = True
+            log.warning(
+                "persistence: %d records of an earlier run wait in %s; they are sent first",
+                self.overflow.depth,
+                self.overflow.directory,
+            )
+        self._ready = asyncio.get_running_loop().create_future()
+        self._tasks = [
+            supervisor.spawn("recorder-process", self._run_process),
+            supervisor.spawn("recorder-overflow", self._overflow_loop),
+            supervisor.spawn("recorder-pace", self._pace_loop),
+        ]
+        try:
+            async with asyncio.timeout(START_SECONDS):
+                await asyncio.shield(self._ready)
+        except BaseException:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.wait(self._tasks)
+            await self.overflow.close()
+            raise
+
+    async def close(self) -> None:
+        process, overflow, pace = self._tasks
+        self._closing = True
+        for task in (overflow, pace):
+            task.cancel()
+        await asyncio.wait([overflow, pace])
+        self.deferring = False
+        self._release()
+        self._flush()
+        if self._pipe is not None:
+            self._pipe.close()  # the end of input: the process writes its queue and exits
+        await asyncio.wait([process], timeout=self.stop_seconds)
+        if not process.done():
+            log.error("persistence: the recording process did not stop; killing it")
+            if self._process is not None and self._process.returncode is None:
+                self._process.kill()
+            process.cancel()
+            await asyncio.wait([process])
+        self._closed = True
+        try:
+            await self._keep_for_the_next_start()
+        except OSError as exc:
+            log.error(
+                "persistence: records lost: cannot write %s (%s)", self.overflow.directory, exc
+            )
+        await self.overflow.close()
+
+    async def _keep_for_the_next_start(self) -> None:
+        left = [base64.b64encode(resent(frame)) for frame in self._unsettled]
+        self._unsettled.clear()
+        if not left and not self._held:
+            return
+        waiting = Batch([], (0, 0))
+        if left and self.overflow.depth:
+            # The unsettled frames are older than what waits on disk already: they go
+            # before it (written again behind them, then the old copy acknowledged), so
+            # the next start files the turns of a conversation in order.
+            while len(waiting.lines) < self.overflow.depth:
+                more = await self.overflow.read(
+                    self.overflow.depth, after=waiting if waiting.lines else None
+                )
+                if not more.lines:
+                    break
+                waiting = Batch(waiting.lines + more.lines, more.end)
+        left += waiting.lines
+        left += [base64.b64encode(frame) for frame in self._held]
+        self._held.clear()
+        await self.overflow.append(left)
+        if waiting.lines:
+            await self.overflow.ack(waiting)
+        log.warning(
+            "persistence: %d records wait in %s for the next start",
+            self.overflow.depth,
+            self.overflow.directory,
+        )
+
+    # -- the recording process ---------------------------------------------------------------
+
+    async def _run_process(self) -> None:
+        process = await asyncio.create_subprocess_exec(
+            *self._command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        self._process = process
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(LENGTH.pack(len(self._config)) + self._config)
+        try:
+            first = json.loads(await process.stdout.readline() or b"{}")
+            if not first.get("ready"):
+                code = await process.wait()
+                # Its own reason is the one line an operator needs (a locked spool...).
+                raise StartupError(
+                    first.get("failed")
+                    or f"persistence: the recording process exited with status {code} at start"
+                )
+            self._connected(process.stdin)
+            async for line in process.stdout:
+                self._reported(json.loads(line))
+        except StartupError as exc:
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_exception(exc)
+                return
+            raise
+        finally:
+            self._lost_process()
+            if process.returncode is None and not self._closing:
+                process.kill()
+            await process.wait()
+        if not self._closing:
+            raise RuntimeError(
+                f"the recording process exited with status {process.returncode}; "
+                f"{len(self._unsettled)} records are resent to the next one"
+            )
+
+    def _lost_process(self) -> None:
+        self._pipe = None
+        self._outgoing.clear()
+        self._earlier = self.stats.copy()
+        # The process may have written some of what it had before it died.
+        for index in range(self._written):
+            self._unsettled[index] = resent(self._unsettled[index])
+        self._written = 0
+
+    def _connected(self, pipe: asyncio.StreamWriter) -> None:
+        self._settled = 0
+        self._pipe = pipe
+        self._release()
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(None)
+        self._wake.set()
+
+    def _reported(self, state: dict[str, Any]) -> None:
+        settled = min(state.get("settled", self._settled), self._settled + self._written)
+        for _ in range(settled - self._settled):
+            self._unsettled.popleft()
+        self._written -= settled - self._settled
+        self._settled = settled
+        self.spooling = bool(state.get("spooling"))
+        self._spool = int(state.get("spool", 0))
+        self.stats = self._earlier + Counter(state.get("stats", {}))
+        if self._overflowing and len(self._unsettled) < self._limit // 2 + 1:
+            self._wake.set()
+
+    # -- deferral: relaying first ------------------------------------------------------------
+
+    async def _pace_loop(self) -> None:
+        """While the relay's process is busy (BUSY of a core or more), frames wait in
+        memory (and beyond queue_size on disk): the recording process and MongoDB then
+        leave the cores to relaying, and catch up once it is calmer (below CALM), or
+        after ``store.defer`` seconds at the latest. On two cores shared with a
+        MongoDB, recording as it came took 0.6-0.8 of a core from the relay at its peak
+        (bench, "whole")."""
+        limit = self.settings.defer
+        if limit <= 0:
+            return
+        while True:
+            await asyncio.sleep(PACE)
+            busy, now = self.share(), time.monotonic()
+            if not self.deferring and busy >= BUSY and now >= self._no_defer_until:
+                self.deferring, self._defer_from = True, now
+                if now - self._told >= TELL_EVERY:
+                    self._told = now
+                    log.info(
+                        "persistence: the relay is busy (%.2f of a core); recording waits "
+                        "until it is calmer, %gs at most (store.defer)",
+                        busy,
+                        limit,
+                    )
+            elif self.deferring and (busy < CALM or now - self._defer_from >= limit):
+                if busy >= CALM:  # waited long enough: record, busy or not, for as long
+                    self._no_defer_until = now + limit
+                self.deferring = False
+                self._release()
+                self._wake.set()
+
+    # -- the overflow: held -> disk -> pipe ---------------------------------------------------
+
+    async def _overflow_loop(self) -> None:
+        size = UNLOAD
+        while True:
+            self._wake.clear()
+            if self._held:
+                frames, self._held = self._held, []
+                try:
+                    await self.overflow.append([base64.b64encode(frame) for frame in frames])
+                except OSError as exc:
+                    self._held[:0] = frames
+                    log.error("persistence: cannot write %s (%s)", self.overflow.directory, exc)
+                    await asyncio.sleep(1.0)
+                continue
+            room = len(self._unsettled) <= self._limit // 2
+            if self._overflowing and self._pipe is not None and room:
+                await self._unload(size)
+                continue
+            await self._wake.wait()
+
+    async def _unload(self, size: int) -> None:
+        """Send the overflow's oldest frames, or end the overflow once it is empty."""
+        batch = await self.overflow.read(size)
+        for line in batch.lines:
+            try:
+                self._send(resent(base64.b64decode(line, validate=True)))
+            except binascii.Error:
+                log.error("persistence: an unreadable overflow line set aside")
+                await self.overflow.reject([line])
+        if batch.lines:
+            await self.overflow.ack(batch)
+        elif not self._held:
+            self._overflowing = False
+            log.info("persistence: the overflow is sent; frames go straight again")
