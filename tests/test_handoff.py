@@ -272,7 +272,7 @@ async def test_a_spool_another_proxy_holds_stops_the_start_with_the_reason(
     try:
         app = await create_app(recorded(sims, mongo_uri, tmp_path / "spool"))
         runner = web.AppRunner(app)
-        with pytest.raises(StartupError, match=r"spool_dir: .* is in use by another olbproxy process"):
+        with pytest.raises(StartupError, match=r"spool_dir: .* is in use by another olbproxy"):
             await runner.setup()
         await runner.cleanup()
     finally:
