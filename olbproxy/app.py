@@ -39,7 +39,8 @@ from olbproxy.management import ModelManagement
 from olbproxy.metrics import Metrics
 from olbproxy.persistence.handoff import Handoff
 from olbproxy.persistence.placements import PlacementFeed
-from olbproxy.persistence.recorder import Recorder, Recording
+from olbproxy.persistence.recorder import Recorder
+from olbproxy.persistence.recording import Recording
 from olbproxy.persistence.rooms import RoomsApi
 from olbproxy.placement import Planner
 from olbproxy.pool import Backend, Pool

@@ -290,8 +290,8 @@ async def test_while_the_relay_is_busy_recording_waits_and_catches_up_after(
     proxy = await start_proxy(recorded(sims, mongo_uri, tmp_path / "spool", defer=30.0))
     handoff = handoff_of(proxy.app)
     load = [0.9]  # cores the relay's process uses, as the pacing sees them
-    handoff.share = lambda: load[0]
-    await until(lambda: handoff.deferring)
+    handoff.pace.share = lambda: load[0]
+    await until(lambda: handoff.pace.deferring)
     chat = Conversation(proxy.http, proxy.url)
     for turn in range(1, 4):
         await chat.say(f"turn {turn}")
@@ -315,10 +315,10 @@ async def test_recording_waits_for_a_busy_relay_no_longer_than_store_defer(
     sims = await start_sims(1, tokens_per_second=0)
     proxy = await start_proxy(recorded(sims, mongo_uri, tmp_path / "spool", defer=1.0))
     handoff = handoff_of(proxy.app)
-    handoff.share = lambda: 0.95  # busy, and it stays so
-    await until(lambda: handoff.deferring)
+    handoff.pace.share = lambda: 0.95  # busy, and it stays so
+    await until(lambda: handoff.pace.deferring)
     await Conversation(proxy.http, proxy.url).say("recorded all the same")
     await settled(proxy.app, within=5)
-    assert not handoff.deferring  # and for store.defer seconds it does not wait again
+    assert not handoff.pace.deferring  # and for store.defer seconds it does not wait again
     [(_, turns)] = await conversations(await reader(mongo_uri))
     assert [m.input for m in turns] == ["recorded all the same"]

@@ -11,7 +11,7 @@ from conftest import StartProxy, StartSims, group, make_settings, until
 from identity import PASSWORD, Site, bearer, start_site
 
 from olbproxy.app import RECORDER
-from olbproxy.persistence.recorder import Recording
+from olbproxy.persistence.recording import Recording
 
 MODEL = "gpt-oss:20b"
 

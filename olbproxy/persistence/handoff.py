@@ -21,6 +21,8 @@ of its own (``store.recorder: process``, worker.py).
   once fewer than half that many are unsettled; while the overflow holds frames, new
   ones line up behind them, so records still reach MongoDB in the order their
   exchanges finished.
+* While the relay's process is busy, frames wait here before the pipe (pace.py): the
+  recording process and MongoDB then leave the cores to relaying.
 * ``close``: the end of the pipe tells the process to write (or spool) its queue and
   exit. Frames it did not settle, and those still held for the overflow, go to the
   overflow, and the next start sends them first.
@@ -36,9 +38,8 @@ import itertools
 import json
 import logging
 import sys
-import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from olbproxy.exchange import Exchange
 from olbproxy.persistence.filing import Filing
 from olbproxy.persistence.frame import RESENT, encode, forget
 from olbproxy.persistence.history import RECORDED
+from olbproxy.persistence.pace import PACE, Pace
 from olbproxy.persistence.spool import Batch, Spool
 from olbproxy.persistence.worker import LENGTH
 from olbproxy.settings import Settings
@@ -59,22 +61,6 @@ WORKER = (sys.executable, "-m", "olbproxy.persistence.worker")
 START_SECONDS = 30.0  # for the process to import, open its spool and say it is ready
 OVERFLOW = "handoff"  # the overflow's directory, inside store.spool_dir
 UNLOAD = 1024  # frames per read from the overflow (each acknowledgement is an fsync)
-TELL_EVERY = 60.0  # seconds between log lines saying that recording waits
-PACE = 0.25  # seconds between looks at how busy the relay's process is
-BUSY, CALM = 0.3, 0.15  # of a core: recording waits from BUSY on, until below CALM
-
-
-def cpu_share() -> Callable[[], float]:
-    """A function returning the cores this process used since its last call."""
-    last = [time.process_time(), time.monotonic()]
-
-    def share() -> float:
-        cpu, wall = time.process_time(), time.monotonic()
-        used = (cpu - last[0]) / max(wall - last[1], 1e-6)
-        last[:] = cpu, wall
-        return used
-
-    return share
 
 
 def resent(frame: bytes) -> bytes:
@@ -113,12 +99,8 @@ class Handoff:
         self.stop_seconds = settings.store.timeout * 2 + 15
         self._unsettled: deque[bytes] = deque()
         self._written = 0  # of the unsettled, the oldest this many went to the process
-        # Deferral (see _pace_loop): while the relay is busy, frames wait here.
-        self.deferring = False
-        self._defer_from = 0.0
-        self._no_defer_until = 0.0
-        self.share = cpu_share()
-        self._told = -TELL_EVERY
+        # While the relay is busy, frames wait here (pace.py).
+        self.pace = Pace(settings.store.defer)
         self._outgoing: list[bytes] = []
         self._held: list[bytes] = []  # for the overflow, not on disk yet
         self._overflowing = False
@@ -190,13 +172,13 @@ class Handoff:
 
     def _send(self, frame: bytes) -> None:
         self._unsettled.append(frame)
-        if self._pipe is not None and not self.deferring:  # else sent later: _release
+        if self._pipe is not None and not self.pace.deferring:  # else sent later: _release
             self._queue(frame)
             self._written += 1
 
     def _release(self) -> None:
         """Send what waits in memory, when a process takes frames and nothing defers."""
-        if self._pipe is None or self.deferring:
+        if self._pipe is None or self.pace.deferring:
             return
         for frame in itertools.islice(self._unsettled, self._written, None):
             self._queue(frame)
@@ -247,7 +229,7 @@ class Handoff:
         for task in (overflow, pace):
             task.cancel()
         await asyncio.wait([overflow, pace])
-        self.deferring = False
+        self.pace.deferring = False
         self._release()
         self._flush()
         if self._pipe is not None:
@@ -363,35 +345,14 @@ class Handoff:
         if self._overflowing and len(self._unsettled) < self._limit // 2 + 1:
             self._wake.set()
 
-    # -- deferral: relaying first ------------------------------------------------------------
+    # -- relaying first (pace.py) -----------------------------------------------------------
 
     async def _pace_loop(self) -> None:
-        """While the relay's process is busy (BUSY of a core or more), frames wait in
-        memory (and beyond queue_size on disk): the recording process and MongoDB then
-        leave the cores to relaying, and catch up once it is calmer (below CALM), or
-        after ``store.defer`` seconds at the latest. On two cores shared with a
-        MongoDB, recording as it came took 0.6-0.8 of a core from the relay at its peak
-        (bench, "whole")."""
-        limit = self.settings.defer
-        if limit <= 0:
+        if self.pace.limit <= 0:
             return
         while True:
             await asyncio.sleep(PACE)
-            busy, now = self.share(), time.monotonic()
-            if not self.deferring and busy >= BUSY and now >= self._no_defer_until:
-                self.deferring, self._defer_from = True, now
-                if now - self._told >= TELL_EVERY:
-                    self._told = now
-                    log.info(
-                        "persistence: the relay is busy (%.2f of a core); recording waits "
-                        "until it is calmer, %gs at most (store.defer)",
-                        busy,
-                        limit,
-                    )
-            elif self.deferring and (busy < CALM or now - self._defer_from >= limit):
-                if busy >= CALM:  # waited long enough: record, busy or not, for as long
-                    self._no_defer_until = now + limit
-                self.deferring = False
+            if self.pace.look():
                 self._release()
                 self._wake.set()
 

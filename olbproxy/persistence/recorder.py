@@ -38,7 +38,6 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
-from typing import Protocol
 
 from olbproxy.errors import ProxyError, Unavailable
 from olbproxy.exchange import Exchange
@@ -57,23 +56,6 @@ BACKOFF = (0.25, 10.0)  # seconds between pings of an unreachable MongoDB: first
 REPORT_EVERY = 5.0  # seconds between log lines about the spool while it changes
 
 Item = Exchange | Record
-
-
-class Recording(Protocol):
-    """What the proxy asks of persistence: the Recorder on the relay's loop, or the
-    Handoff (handoff.py) to a recording process of its own."""
-
-    filing: Filing  # room owners, for the rooms API's preflight
-    spooling: bool  # the database is known to be behind: do not wait for it
-    stats: Counter[str]
-
-    def observe(self, exchange: Exchange) -> None: ...
-    def forget(self, room_id: str) -> None: ...
-    def backlog(self) -> dict[str, int]: ...
-    @property
-    def idle(self) -> bool: ...
-    async def start(self, supervisor: Supervisor | None = None) -> None: ...
-    async def close(self) -> None: ...
 
 
 class Recorder:

@@ -36,7 +36,7 @@ from olbproxy.errors import BadRequest, Forbidden, NotFound, ProxyError
 from olbproxy.exchange import Exchange
 from olbproxy.persistence.history import RECORDED
 from olbproxy.persistence.record import moment
-from olbproxy.persistence.recorder import Recording
+from olbproxy.persistence.recording import Recording
 from olbproxy.store import Mark, Message, MessageKind, Room, Store
 
 log = logging.getLogger("olbproxy.persistence.rooms")
