@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from conftest import StartProxy, StartSims, group, make_settings, until
+from conftest import Proxy, StartProxy, StartSims, group, make_settings, until
 from identity import store_settings
 from test_recorder import MODEL, Conversation, Reader, conversations, reader  # noqa: F401
 
@@ -36,6 +36,22 @@ def recorded(sims: list[OllamaSimulator], uri: str, spool: Path, **store: Any) -
         group("20b", (MODEL,), sims),
         store=store_settings(uri, spool_dir=str(spool), timeout=1.0, recorder="process", **store),
     )
+
+
+StartRecording = Callable[..., Awaitable[Proxy]]
+
+
+@pytest.fixture
+def start(
+    start_sims: StartSims, start_proxy: StartProxy, mongo_uri: str, tmp_path: Path
+) -> StartRecording:
+    """A proxy recording through its recording process (store settings as keywords)."""
+
+    async def started(**store: Any) -> Proxy:
+        sims = await start_sims(1, tokens_per_second=0)
+        return await start_proxy(recorded(sims, mongo_uri, tmp_path / "spool", **store))
+
+    return started
 
 
 def handoff_of(app: web.Application) -> Handoff:
@@ -134,15 +150,12 @@ def test_a_resent_or_forget_frame_says_so_and_a_broken_head_is_refused() -> None
 
 
 async def test_a_conversation_is_recorded_by_the_process_not_by_the_relay(
-    start_sims: StartSims,
-    start_proxy: StartProxy,
+    start: StartRecording,
     mongo_uri: str,
-    tmp_path: Path,
     reader: Reader,  # noqa: F811
     sent: None,
 ) -> None:
-    sims = await start_sims(1, tokens_per_second=0)
-    proxy = await start_proxy(recorded(sims, mongo_uri, tmp_path / "spool"))
+    proxy = await start()
     worker_pid(proxy.app)
     chat = Conversation(proxy.http, proxy.url)
     await chat.say("첫 번째")
@@ -157,14 +170,11 @@ async def test_a_conversation_is_recorded_by_the_process_not_by_the_relay(
 
 
 async def test_a_recording_process_that_dies_is_replaced_and_nothing_is_lost(
-    start_sims: StartSims,
-    start_proxy: StartProxy,
+    start: StartRecording,
     mongo_uri: str,
-    tmp_path: Path,
     reader: Reader,  # noqa: F811
 ) -> None:
-    sims = await start_sims(1, tokens_per_second=0)
-    proxy = await start_proxy(recorded(sims, mongo_uri, tmp_path / "spool"))
+    proxy = await start()
     first = worker_pid(proxy.app)
     chat = Conversation(proxy.http, proxy.url)
     await chat.say("one")
@@ -184,14 +194,12 @@ async def test_a_recording_process_that_dies_is_replaced_and_nothing_is_lost(
 
 
 async def test_when_the_process_falls_behind_records_wait_on_disk_and_keep_their_order(
-    start_sims: StartSims,
-    start_proxy: StartProxy,
+    start: StartRecording,
     mongo_uri: str,
     tmp_path: Path,
     reader: Reader,  # noqa: F811
 ) -> None:
-    sims = await start_sims(1, tokens_per_second=0)
-    proxy = await start_proxy(recorded(sims, mongo_uri, tmp_path / "spool", queue_size=2))
+    proxy = await start(queue_size=2)
     pid = worker_pid(proxy.app)
     os.kill(pid, signal.SIGSTOP)
     chat = Conversation(proxy.http, proxy.url)
@@ -280,14 +288,11 @@ async def test_a_spool_another_proxy_holds_stops_the_start_with_the_reason(
 
 
 async def test_while_the_relay_is_busy_recording_waits_and_catches_up_after(
-    start_sims: StartSims,
-    start_proxy: StartProxy,
+    start: StartRecording,
     mongo_uri: str,
-    tmp_path: Path,
     reader: Reader,  # noqa: F811
 ) -> None:
-    sims = await start_sims(1, tokens_per_second=0)
-    proxy = await start_proxy(recorded(sims, mongo_uri, tmp_path / "spool", defer=30.0))
+    proxy = await start(defer=30.0)
     handoff = handoff_of(proxy.app)
     load = [0.9]  # cores the relay's process uses, as the pacing sees them
     handoff.pace.share = lambda: load[0]
@@ -306,14 +311,11 @@ async def test_while_the_relay_is_busy_recording_waits_and_catches_up_after(
 
 
 async def test_recording_waits_for_a_busy_relay_no_longer_than_store_defer(
-    start_sims: StartSims,
-    start_proxy: StartProxy,
+    start: StartRecording,
     mongo_uri: str,
-    tmp_path: Path,
     reader: Reader,  # noqa: F811
 ) -> None:
-    sims = await start_sims(1, tokens_per_second=0)
-    proxy = await start_proxy(recorded(sims, mongo_uri, tmp_path / "spool", defer=1.0))
+    proxy = await start(defer=1.0)
     handoff = handoff_of(proxy.app)
     handoff.pace.share = lambda: 0.95  # busy, and it stays so
     await until(lambda: handoff.pace.deferring)
