@@ -156,7 +156,9 @@ async def test_a_conversation_is_recorded_by_the_process_not_by_the_relay(
     sent: None,
 ) -> None:
     proxy = await start()
-    worker_pid(proxy.app)
+    pid = worker_pid(proxy.app)
+    if hasattr(os, "SCHED_IDLE"):  # Linux: it runs only on a core nothing else wants
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
     chat = Conversation(proxy.http, proxy.url)
     await chat.say("첫 번째")
     await chat.say("두 번째", stream=True)
