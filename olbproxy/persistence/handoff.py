@@ -350,6 +350,7 @@ class Handoff:
     async def _pace_loop(self) -> None:
         if self.pace.limit <= 0:
             return
+        self.pace.share()  # from now on: start-up's own work is not the relay being busy
         while True:
             await asyncio.sleep(PACE)
             if self.pace.look():
