@@ -69,6 +69,7 @@ METRICS = web.AppKey("METRICS", Metrics)
 STATUS = web.AppKey("STATUS", Status)
 STORE: web.AppKey[Store] = web.AppKey("STORE")
 AUTHENTICATOR = web.AppKey("AUTHENTICATOR", Authenticator)
+LANE = web.AppKey("LANE", Lane)
 RECORDER = web.AppKey("RECORDER", Recording)
 EDGE = web.AppKey("EDGE", Edge)
 AUDIT = web.AppKey("AUDIT", AuditTrail)
@@ -114,6 +115,8 @@ async def create_app(settings: Settings) -> web.Application:
     upstream = Upstream.connect(settings)
     app[UPSTREAM] = upstream
     lane = Lane(settings.connect_timeout) if settings.relay.lane else None
+    if lane is not None:
+        app[LANE] = lane
 
     async def upstream_lifetime(app: web.Application) -> AsyncIterator[None]:
         yield
@@ -287,4 +290,7 @@ def reload_routing(app: web.Application, settings: Settings) -> None:
     """SIGHUP: take the new routing table; streams in flight keep their backends."""
     app[ROUTER].apply(settings.groups)
     app[POOL].apply(settings)
+    lane = app.get(LANE)
+    if lane is not None:  # connections kept open to instances the table no longer has
+        lane.keep_only({url for group in settings.groups for url in group.endpoints})
     log.info("routing table reloaded from %s: %d groups", settings.source, len(settings.groups))

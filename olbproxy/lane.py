@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol, cast
 from urllib.parse import urlsplit
@@ -263,13 +264,14 @@ Stream = _Connection
 class _Instance:
     """The idle connections to one instance, most recently used last."""
 
-    __slots__ = ("host", "idle", "port")
+    __slots__ = ("host", "idle", "port", "retired")
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
         self.idle: collections.deque[_Connection] = collections.deque()
+        self.retired = False  # a reload dropped it: connections close as they finish
 
 
 def _raise_busy(reply: Reply) -> None:
@@ -325,6 +327,7 @@ class Lane:
             and not connection.paused  # the answer ended while a slow client caught up
             and connection.transport is not None
             and home is not None
+            and not home.retired
         ):
             connection.sink = None
             connection.idle_since = now = time.monotonic()
@@ -394,6 +397,15 @@ class Lane:
                 f"cannot connect: {exc}", kind="connect", retry=True, certain=True
             ) from None
         return connection
+
+    def keep_only(self, urls: Collection[str]) -> None:
+        """A reload dropped instances: their idle connections close now, and those
+        still answering close when they finish."""
+        for url in [url for url in self._instances if url not in urls]:
+            instance = self._instances.pop(url)
+            instance.retired = True
+            while instance.idle:
+                instance.idle.pop().close()
 
     def close(self) -> None:
         for instance in self._instances.values():

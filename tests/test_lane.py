@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
-from conftest import SPLICE, StartProxy, StartSims, group, make_settings
+from conftest import SPLICE, StartProxy, StartSims, group, make_settings, until
 
-from olbproxy.app import POOL
+from olbproxy.app import POOL, reload_routing
 from olbproxy.settings import GroupSettings, Settings
 
 WHOLE = {"model": "m", "stream": False, "messages": [{"role": "user", "content": "hi"}]}
@@ -47,6 +47,7 @@ class RawBackend:
     chats: list[tuple[int, bytes]] = field(default_factory=list)  # (connection, request)
     url: str = ""
     close_after_answer: bool = False  # an answer delimited by the close
+    ended: set[int] = field(default_factory=set)  # connections that have closed
 
     @property
     def chat_connections(self) -> int:
@@ -79,6 +80,7 @@ class RawBackend:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self.ended.add(me)
             writer.close()
 
 
@@ -293,3 +295,25 @@ async def test_a_stream_cut_short_ends_with_an_error_line_and_a_new_connection(
     async with proxy.http.post(proxy.url + "/api/chat", json=STREAM) as resp:
         assert await resp.read() == b"".join(LINES)
     assert backend.chat_connections == 2
+
+
+@pytest.mark.skipif(not SPLICE, reason="the lane's own pool; aiohttp's has its own")
+async def test_a_reload_that_drops_an_instance_closes_the_connections_kept_to_it(
+    raw_backend: MakeBackend, start_proxy: StartProxy
+) -> None:
+    kept = await raw_backend(lambda n: framed())
+    dropped = await raw_backend(lambda n: framed())
+    both = GroupSettings(name="g", models=("m",), endpoints=(kept.url, dropped.url))
+    proxy = await start_proxy(make_settings(replace(both, placement="round_robin")))
+    for _ in range(4):
+        async with proxy.http.post(proxy.url + "/api/chat", json=WHOLE) as resp:
+            assert resp.status == 200 and await resp.read() == ANSWER
+    assert kept.chats and dropped.chats
+
+    reload_routing(proxy.app, make_settings(replace(both, endpoints=(kept.url,))))
+
+    dropped_connections = {connection for connection, _ in dropped.chats}
+    await until(lambda: dropped_connections <= dropped.ended)
+    async with proxy.http.post(proxy.url + "/api/chat", json=WHOLE) as resp:
+        assert resp.status == 200
+    assert not {connection for connection, _ in kept.chats} & kept.ended  # still kept
