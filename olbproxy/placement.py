@@ -131,6 +131,7 @@ class Ticket:
     started: float  # monotonic, when the slot was taken
     before: float  # seconds expected before its first token (load + prefill)
     answer_tokens: float
+    work: float = 0.0  # seconds of work it is expected to take, counted while it runs
 
 
 @dataclass(slots=True)
@@ -167,8 +168,13 @@ class Planner:
         self.waiting: dict[object, str] = {}  # a waiting request -> the instance it waits for
         self._stored: Counter[tuple[str, str]] = Counter()  # prompt tokens per instance, model
         self._cursors: dict[tuple[str, str], int] = {}
-        # Seconds of work each instance has done (load, prefill, decode): equally good
-        # instances take new work least busy first, so a day's work spreads evenly.
+        # Seconds of work each instance has done (load, prefill, decode), and is expected
+        # to do for the requests running there: equally good instances take new work
+        # least busy first, so a day's work spreads evenly. Counted from the start, not
+        # only once a request ends: otherwise every request of a burst went to the
+        # instance that had done least so far, one after the other (the bench's 200 new
+        # streams/s came to one instance at a time for a second each, and their first
+        # tokens queued there).
         self.work: dict[str, float] = {}
         # Loads started ahead of need, (backend, model) -> when (see ``_ahead``).
         self.loading: dict[tuple[str, str], float] = {}
@@ -422,13 +428,18 @@ class Planner:
             option.cost - option.wait,
             min(limit, typical) if limit else typical,
         )
-        self.tickets.setdefault(backend.label, []).append(ticket)
+        label = backend.label
+        ticket.work = ticket.before + ticket.answer_tokens / self.learned.decode(label, model)
+        self.work[label] = self.work.get(label, 0.0) + ticket.work
+        self.tickets.setdefault(label, []).append(ticket)
         return ticket
 
     def ended(self, backend: Backend, ticket: Ticket) -> None:
+        """The request left its slot: what it did is counted by ``observe`` instead."""
         running = self.tickets.get(backend.label)
         if running and ticket in running:
             running.remove(ticket)
+            self.work[backend.label] = self.work.get(backend.label, 0.0) - ticket.work
 
     # -- learning -------------------------------------------------------------------------
 

@@ -313,3 +313,22 @@ def test_pinned_options_override_the_clients_and_leave_pinned_bodies_alone() -> 
         "options": {"num_ctx": 16384, "seed": 1},
     }
     assert with_pins({"model": M}, pins) == {"model": M, "options": {"num_ctx": 16384}}
+
+
+def test_a_burst_of_unrelated_requests_spreads_before_any_of_them_ends() -> None:
+    # Instance 0 has done the least work so far. Nine requests arrive together, none
+    # ends meanwhile: each counts from its start, so they alternate instead of all
+    # going to instance 0 while it has free slots (their first tokens queued there).
+    group, planner = make(slots=8)
+    warm(*group.backends)
+    for backend in group.backends[1:]:
+        finish(planner, backend, conversation("earlier work"))
+    seen = {b.label: 0 for b in group.backends}
+    for i in range(9):
+        decision = place(planner, group, conversation(f"burst {i}"))
+        assert decision.backend is not None and decision.reason == "resident"
+        busy(planner, decision, answer=100)
+        seen[decision.backend.label] += 1
+    # Without counting from the start: [0, 1, 8]. Instance 0 still takes one more, for
+    # the work it had not done.
+    assert sorted(seen.values()) == [2, 3, 4]
