@@ -39,7 +39,7 @@ from aiohttp import web
 from olbproxy.auth.principal import PRINCIPAL
 from olbproxy.errors import ProxyError
 from olbproxy.exchange import EXCHANGE, Exchange
-from olbproxy.logs import FIELDS
+from olbproxy.logs import FIELDS, direct
 
 log = logging.getLogger("olbproxy.access")
 
@@ -111,6 +111,10 @@ class AccessLog:
             message, extra = str(present.get("event")), {FIELDS: present}
         else:
             message, extra = _text(fields), None
+        batcher = direct(log)
+        if batcher is not None:
+            batcher.info(log.name, message, present if self.json_format else None)
+            return
         # makeRecord + handle, not log.info: info() looks up its caller's frame, which
         # here would cost more than building the whole line.
         log.handle(

@@ -16,7 +16,7 @@ from aiohttp.test_utils import make_mocked_request
 from conftest import StartProxy, StartSims
 from identity import CHAT, PASSWORD, Site, basic, bearer, site_settings
 
-from olbproxy import access
+from olbproxy import access, logs
 from olbproxy.access import AccessLog
 from olbproxy.logs import Logs
 from olbproxy.settings import LogFormat
@@ -25,15 +25,28 @@ STREAM = {**CHAT, "stream": True}
 
 
 class Captured:
-    """The process's log as `serve` writes it: through logs.py's queue and thread."""
+    """The process's log as `serve` writes it: through logs.py's queue and thread, with
+    no other handler listening (pytest's capture is set aside meanwhile), so access lines
+    take the way they take in `serve` (logs.direct)."""
 
     def __init__(self, log_format: LogFormat) -> None:
         self.stream = io.StringIO()
+        root = logging.getLogger()
+        self.others = list(root.handlers)
+        for handler in self.others:
+            root.removeHandler(handler)
         self.logs = Logs("INFO", log_format, self.stream)
         self.logs.start()
 
-    def lines(self) -> list[str]:
+    def stop(self) -> None:
         self.logs.stop()  # flushes the queue
+        root = logging.getLogger()
+        for handler in self.others:
+            root.addHandler(handler)
+        self.others = []
+
+    def lines(self) -> list[str]:
+        self.stop()
         return self.stream.getvalue().splitlines()
 
     def access(self) -> list[str]:
@@ -73,7 +86,7 @@ async def started(start_sims: StartSims, start_proxy: StartProxy) -> AsyncIterat
 
     yield start
     for capture in captured:
-        capture.logs.stop()
+        capture.logs.stop()  # pytest's handlers of the test's phase are gone by now
 
 
 def fields(line: str) -> dict[str, str]:
@@ -244,3 +257,64 @@ class _Transport:
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.peer if name == "peername" else default
+
+
+FIELDS_OF_A_LINE = {
+    "event": "exchange",
+    "user": "kim lee",  # quoted in text
+    "key": None,  # left out
+    "route": "/api/chat",
+    "status": 200,
+    "reason": 'a "quoted" reason\nwith a line break',
+}
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_an_access_line_written_directly_is_the_line_logging_would_write(
+    log_format: LogFormat,
+) -> None:
+    """logs.direct skips the LogRecord; the line must be the same, byte for byte."""
+    stream = io.StringIO()
+    captured = Captured(log_format)
+    try:
+        batcher = logs.direct(logging.getLogger("olbproxy.access"))
+        assert batcher is not None  # only our batcher listens: the direct way
+        formatter = batcher.formatter
+        assert formatter is not None
+        line = AccessLog(json_format=log_format == "json")
+        line.write(FIELDS_OF_A_LINE)
+    finally:
+        direct_lines = captured.lines()
+    # The same fields through a LogRecord and the same formatter.
+    present = {k: v for k, v in FIELDS_OF_A_LINE.items() if v is not None}
+    message = str(present["event"]) if log_format == "json" else access._text(FIELDS_OF_A_LINE)
+    record = logging.LogRecord("olbproxy.access", logging.INFO, "x", 0, message, (), None)
+    if log_format == "json":
+        setattr(record, logs.FIELDS, present)
+    stream.write(formatter.format(record))
+    (written,) = [x for x in direct_lines if "olbproxy.access" in x]
+    expected = stream.getvalue()
+    # Only the time stamps may differ (two moments): compare what follows them.
+    if log_format == "json":
+        got, want = json.loads(written), json.loads(expected)
+        assert got.pop("time").endswith("Z") and want.pop("time").endswith("Z")
+        assert got == want
+    else:
+        assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", written)
+        assert written.split(" ", 2)[2] == expected.split(" ", 2)[2]
+
+
+def test_another_listener_still_gets_access_records(caplog: pytest.LogCaptureFixture) -> None:
+    """With anything else listening (here pytest's capture), lines go as LogRecords."""
+    stream = io.StringIO()
+    ours = Logs("INFO", "text", stream)
+    ours.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="olbproxy.access"):
+            assert logs.direct(logging.getLogger("olbproxy.access")) is None
+            AccessLog().write(FIELDS_OF_A_LINE)
+    finally:
+        ours.stop()
+    (record,) = [r for r in caplog.records if r.name == "olbproxy.access"]
+    assert record.getMessage().startswith('event=exchange user="kim lee" route=/api/chat')
+    assert "olbproxy.access: event=exchange" in stream.getvalue()  # and in our log too
