@@ -8,12 +8,13 @@ The group is chosen by model (routing.py); inside it, each instance with a free 
 and the cheapest one wins. The terms come from what the instances have shown:
 
 * **what it lacks**: the request's prompt (prompt.py) cut at message boundaries, looked
-  up in the ``PrefixIndex`` of prompts each instance has served: the deepest boundary
-  an instance holds is cached there, unless the instance lost it since (its model was
-  unloaded or loaded afresh: ``Backend.epochs``; or it has processed more than
-  ``placement.cache_tokens`` of other prompts since). A continuation's own previous
-  exchange is the *sticky* instance; a shared system prompt and tool list, or an older
-  turn, make a *prefix* instance (when worth at least ``MIN_PREFIX_TOKENS``);
+  up in the ``PrefixIndex`` (prefixes.py) of prompts each instance has served: the
+  deepest boundary an instance holds is cached there, unless the instance lost it
+  since (its model was unloaded or loaded afresh: ``Backend.epochs``; or it has
+  processed more than ``placement.cache_tokens`` of other prompts since). A
+  continuation's own previous exchange is the *sticky* instance; a shared system
+  prompt and tool list, or an older turn, make a *prefix* instance (when worth at
+  least ``MIN_PREFIX_TOKENS``);
 * **prefill** and **load**: rates.py, learned per instance from the final chunks;
 * **wait**: the running answers there, at the instance's decode rate, with the typical
   answer length where the request gave no limit; one that runs long is assumed to need
@@ -43,7 +44,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -52,74 +53,20 @@ import orjson
 
 from olbproxy.exchange import Exchange, Placed
 from olbproxy.pool import Backend, Group, Pool, SlotPlacement
+from olbproxy.prefixes import PrefixIndex, Stamp
 from olbproxy.prompt import Prompt, prompt_of
 from olbproxy.rates import Learned, Sample
 from olbproxy.routing import normalise_model
-from olbproxy.settings import PinnedOptions, PlacementSettings
+from olbproxy.seat import Seat, with_pins
+from olbproxy.settings import PlacementSettings
 
 log = logging.getLogger("olbproxy.placement")
 
 REASONS = ("sticky", "prefix", "resident", "round_robin", "cold", "fallback_busy")
 MIN_PREFIX_TOKENS = 256  # a shorter shared prefix saves less than it would unbalance
 TIE = 0.15  # costs within 15 % of the cheapest are equal
-INDEX_SIZE = 200_000  # boundary hashes remembered, least recently used out
 RECHECK = 0.5  # of the expected wait: when a request that chose to wait looks again
 BALANCE = 1.5  # work ratio beyond which a shared prefix no longer draws new conversations
-
-
-@dataclass(slots=True)
-class Stamp:
-    """One instance holding one boundary: the cache state it was recorded in."""
-
-    epoch: int | None  # Backend.epochs[model] then; None: unknown (another proxy's record)
-    stored: int | None  # prompt tokens the instance had processed then
-    whole: bool  # the boundary was a whole prompt served there (an exchange key)
-
-
-class PrefixIndex:
-    """Boundary hash -> the instances that have served a prompt with that prefix."""
-
-    def __init__(self, size: int = INDEX_SIZE) -> None:
-        self.size = size
-        self._entries: OrderedDict[bytes, dict[str, Stamp]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def _put(self, key: bytes, backend: str, stamp: Stamp) -> None:
-        entry = self._entries.get(key)
-        if entry is None:
-            entry = self._entries[key] = {}
-        else:
-            self._entries.move_to_end(key)
-            stamp.whole = stamp.whole or (backend in entry and entry[backend].whole)
-        entry[backend] = stamp
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
-
-    def record(self, prompt: Prompt, backend: str, epoch: int, stored: int) -> None:
-        for key in prompt.hashes:
-            self._put(key, backend, Stamp(epoch, stored, key == prompt.key))
-
-    def remember(self, key: bytes, backend: str) -> None:
-        """A whole prompt another proxy saw served there (no cache state known)."""
-        if backend not in self._entries.get(key, {}):
-            self._put(key, backend, Stamp(None, None, True))
-
-    def holders(self, prompt: Prompt, valid: Callable[[str, Stamp], bool]) -> dict[str, int]:
-        """Each instance's deepest valid boundary of ``prompt`` (index into its hashes)."""
-        found: dict[str, int] = {}
-        for depth in range(len(prompt.hashes) - 1, -1, -1):
-            entry = self._entries.get(prompt.hashes[depth])
-            if not entry:
-                continue
-            for backend, stamp in entry.items():
-                if backend not in found and valid(backend, stamp):
-                    found[backend] = depth
-        return found
-
-    def served(self, key: bytes) -> dict[str, Stamp]:
-        return {b: s for b, s in self._entries.get(key, {}).items() if s.whole}
 
 
 @dataclass(slots=True)
@@ -506,72 +453,3 @@ class Planner:
             f"{placed.reason}; backend={exchange.backend}; "
             f"cached_tokens={placed.cached_tokens:.0f}; queued={exchange.queue_wait:.3f}s"
         )
-
-
-def with_pins(body: dict[str, Any], pins: PinnedOptions) -> dict[str, Any] | None:
-    """The body with the group's pinned runner options, or None when nothing changes."""
-    if not pins:
-        return None
-    options = body.get("options")
-    options = options if isinstance(options, dict) else {}
-    if all(options.get(k) == v and type(options.get(k)) is type(v) for k, v in pins):
-        return None
-    return {**body, "options": {**options, **dict(pins)}}
-
-
-class Seat:
-    """A model request's slot, where the planner says (relay.Placement)."""
-
-    __slots__ = ("exchange", "group", "interactive", "model", "planner", "ticket", "user")
-
-    def __init__(
-        self,
-        planner: Planner,
-        group: Group,
-        model: str,
-        user: str,
-        interactive: bool,
-        exchange: Exchange,
-    ) -> None:
-        self.planner, self.group, self.model = planner, group, model
-        self.user, self.interactive, self.exchange = user, interactive, exchange
-        self.ticket: Ticket | None = None
-
-    def _choose(self, exclude: Collection[Backend]) -> Backend | None:
-        planner = self.planner
-        placed = self.exchange.placed
-        prompt = placed.prompt if placed is not None else None
-        decision = planner.choose(self.group, self.model, prompt, exclude, me=self)
-        if decision.backend is None:
-            if decision.option is not None:
-                planner.waiting[self] = decision.option.backend.label
-            if decision.recheck is not None:
-                self.group.admission.wake_in(decision.recheck)
-            return None
-        planner.waiting.pop(self, None)
-        option = decision.option
-        assert option is not None
-        if placed is not None:
-            placed.reason, placed.cached_tokens = decision.reason, option.cached
-        planner.placements[self.group.name, decision.reason] += 1
-        self.ticket = planner.started(decision.backend, self.exchange, self.model, option)
-        return decision.backend
-
-    async def acquire(self, exclude: Collection[Backend]) -> Backend:
-        try:
-            return await self.group.admission.acquire(
-                self.model,
-                user=self.user,
-                interactive=self.interactive,
-                exclude=exclude,
-                choose=self._choose,
-            )
-        finally:
-            self.planner.waiting.pop(self, None)
-
-    def release(self, backend: Backend) -> None:
-        if self.ticket is not None:
-            self.planner.ended(backend, self.ticket)
-            self.ticket = None
-        backend.give(self.model)
-        self.planner.pool.slot_freed(backend)

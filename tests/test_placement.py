@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 
 from olbproxy.exchange import Exchange, Placed
-from olbproxy.placement import Decision, Planner, with_pins
+from olbproxy.placement import Decision, Planner
 from olbproxy.pool import Backend, Group, Pool
 from olbproxy.prompt import Prompt, prompt_of
 from olbproxy.rates import Learned, Sample
+from olbproxy.seat import with_pins
 from olbproxy.settings import GroupSettings, PlacementSettings, Settings
 
 M = "gpt-oss:20b"
