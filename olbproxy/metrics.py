@@ -4,10 +4,9 @@ Two kinds, and neither touches the stream while tokens flow:
 
 * **Per exchange.** ``Metrics.observe`` is one of ``OllamaApi.observers``: it runs once
   per finished model request, after the relay has parsed the final chunk's counters.
-  These are tallies in plain dicts and lists (``_Counter``, ``_Histogram``), exposed by
-  a custom collector (``_Tallies``): prometheus_client's own counters and histograms
-  take a lock per value and scan their buckets one by one, which cost ~20 µs of the
-  event loop per small request, 5% of the proxy's CPU under load.
+  These are tallies in plain dicts and lists, exposed by a custom collector
+  (tallies.py), not prometheus_client's own counters and histograms: those cost ~20 µs
+  of the event loop per small request.
 * **Live state**, read when Prometheus scrapes (``LiveState``): in-flight requests and
   slots per backend, health, queue depth, upstream errors (``Relay.errors``),
   placement's decisions and what it has learned (``Planner``), and the optional
@@ -27,16 +26,12 @@ prometheus_client did: that is only safe because the sets are bounded.
 from __future__ import annotations
 
 import logging
-import math
-from bisect import bisect_left
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from itertools import accumulate
-from typing import TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.aiohttp import make_aiohttp_handler
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from olbproxy.config import parse_listen
@@ -46,6 +41,7 @@ from olbproxy.placement import Planner
 from olbproxy.pool import Pool
 from olbproxy.routing import normalise_model
 from olbproxy.settings import MetricsSettings
+from olbproxy.tallies import Tallies, TallyCounter, TallyHistogram
 
 log = logging.getLogger("olbproxy.metrics")
 
@@ -73,12 +69,6 @@ AuthFailures = Callable[[], Mapping[str, int]]
 Backlog = Callable[[], Mapping[str, float]]
 
 
-def _le(bound: float) -> str:
-    """A bucket bound as prometheus_client writes it (``1.0``, ``0.05``, ``+Inf``): the
-    same text for every bound here (its own helper is not a public API)."""
-    return "+Inf" if bound == math.inf else repr(bound)
-
-
 class Metrics:
     """The registry, the per-exchange metrics, and the ``/metrics`` endpoint."""
 
@@ -102,9 +92,9 @@ class Metrics:
         self.registry.register(self.live)
         self._user_labels = settings.user_labels
         user = ("user",) if settings.user_labels else ()
-        tallies = self.tallies = _Tallies()
+        tallies = self.tallies = Tallies()
         self.requests = tallies.add(
-            _Counter(
+            TallyCounter(
                 "olbproxy_requests",
                 "Model requests by route, group, backend, HTTP status and outcome "
                 "(done, error, cancelled: the client left).",
@@ -112,7 +102,7 @@ class Metrics:
             )
         )
         self.queue_wait = tallies.add(
-            _Histogram(
+            TallyHistogram(
                 "olbproxy_queue_wait_seconds",
                 "Time model requests waited for a free slot.",
                 ("group",),
@@ -120,7 +110,7 @@ class Metrics:
             )
         )
         self.ttft = tallies.add(
-            _Histogram(
+            TallyHistogram(
                 "olbproxy_time_to_first_token_seconds",
                 "Time from the request to the first byte of a streamed answer "
                 "(successful streams).",
@@ -129,7 +119,7 @@ class Metrics:
             )
         )
         self.duration = tallies.add(
-            _Histogram(
+            TallyHistogram(
                 "olbproxy_request_duration_seconds",
                 "Time from the request to the end of the answer (successful requests).",
                 ("endpoint", "group", "model"),
@@ -137,21 +127,21 @@ class Metrics:
             )
         )
         self.prompt_tokens = tallies.add(
-            _Counter(
+            TallyCounter(
                 "olbproxy_prompt_tokens",
                 "Prompt tokens evaluated, from Ollama's prompt_eval_count.",
                 ("group", "backend", "model", *user),
             )
         )
         self.generated_tokens = tallies.add(
-            _Counter(
+            TallyCounter(
                 "olbproxy_generated_tokens",
                 "Tokens generated, from Ollama's eval_count.",
                 ("group", "backend", "model", *user),
             )
         )
         self.throughput = tallies.add(
-            _Histogram(
+            TallyHistogram(
                 "olbproxy_tokens_per_second",
                 "Ollama's own speed per request: eval_count/eval_duration (phase=generation) "
                 "and prompt_eval_count/prompt_eval_duration (phase=prompt).",
@@ -160,7 +150,7 @@ class Metrics:
             )
         )
         self.load_time = tallies.add(
-            _Histogram(
+            TallyHistogram(
                 "olbproxy_model_load_seconds",
                 "Ollama's load_duration: milliseconds when the model is resident, seconds "
                 "when it had to be loaded.",
@@ -169,7 +159,7 @@ class Metrics:
             )
         )
         self.cold_loads = tallies.add(
-            _Counter(
+            TallyCounter(
                 "olbproxy_cold_loads",
                 f"Requests whose load_duration was at least {cold_load_seconds:g}s: "
                 "the model was loaded for them.",
@@ -177,7 +167,7 @@ class Metrics:
             )
         )
         self.loop_lag = tallies.add(
-            _Histogram(
+            TallyHistogram(
                 "olbproxy_event_loop_lag_seconds",
                 "How late the event loop woke a 50 ms sleeper: the proxy's own stalls, felt "
                 "by every stream at once.",
@@ -304,106 +294,6 @@ def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
-
-
-# -- the per-exchange tallies ------------------------------------------------------
-#
-# No locks: every update (``observe``, ``observe_lag``) and every read runs on the one
-# event loop thread. The /metrics handler of ``make_aiohttp_handler`` is a coroutine
-# that builds the whole page synchronously (``_bake_output`` calls ``collect``), on the
-# loop, for the main listener and ``metrics.listen`` alike; nothing can update a tally
-# while a scrape reads it. (GC pauses are not tallied here: see ``Metrics``.)
-
-
-class _Counter:
-    """A counter per label set: a running total in a dict."""
-
-    __slots__ = ("documentation", "labelnames", "name", "values")
-
-    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = labelnames
-        self.values: dict[tuple[str, ...], float] = {}
-
-    def inc(self, labels: tuple[str, ...], amount: float) -> None:
-        values = self.values
-        values[labels] = values.get(labels, 0.0) + amount
-
-    def family(self) -> CounterMetricFamily:
-        # Exposed as <name>_total, the way prometheus_client names a Counter.
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for labels, value in self.values.items():
-            family.add_metric(labels, value)
-        return family
-
-
-class _Histogram:
-    """A histogram per label set: one list holding the count of each bucket (not
-    cumulative: an observation touches one slot, found by bisection) and the sum last."""
-
-    __slots__ = ("bounds", "documentation", "labelnames", "les", "name", "series")
-
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: tuple[str, ...],
-        buckets: tuple[float, ...],
-    ) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = labelnames
-        # Upper bounds, inclusive as Prometheus's ``le``: bisect_left finds the first
-        # bound >= the value, so a value on a bound is counted in that bound's bucket.
-        self.bounds = (*(float(b) for b in buckets), math.inf)
-        self.les = tuple(_le(b) for b in self.bounds)  # as prometheus_client writes them
-        self.series: dict[tuple[str, ...], list[float]] = {}
-        if not labelnames:
-            # An unlabelled histogram is exposed, at zero, before its first observation.
-            self.series[()] = [0.0] * (len(self.bounds) + 1)
-
-    def observe(self, labels: tuple[str, ...], value: float) -> None:
-        slots = self.series.get(labels)
-        if slots is None:
-            slots = self.series[labels] = [0.0] * (len(self.bounds) + 1)
-        slots[bisect_left(self.bounds, value)] += 1.0
-        slots[-1] += value
-
-    def family(self) -> HistogramMetricFamily:
-        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for labels, slots in self.series.items():
-            # Cumulative at scrape time; the +Inf bucket is the count.
-            buckets = list(zip(self.les, accumulate(slots[:-1]), strict=True))
-            family.add_metric(labels, buckets, slots[-1])
-        return family
-
-
-_Tally = TypeVar("_Tally", _Counter, _Histogram)
-
-
-class _Tallies:
-    """A custom collector: the per-exchange tallies, in the order they were added."""
-
-    def __init__(self) -> None:
-        self.tallies: list[_Counter | _Histogram] = []
-
-    def add(self, tally: _Tally) -> _Tally:
-        self.tallies.append(tally)
-        return tally
-
-    def describe(self) -> list[Metric]:
-        # The names, for the registry's check against duplicates: no samples needed.
-        return [
-            (CounterMetricFamily if isinstance(t, _Counter) else HistogramMetricFamily)(
-                t.name, t.documentation, labels=t.labelnames
-            )
-            for t in self.tallies
-        ]
-
-    def collect(self) -> Iterator[Metric]:
-        for tally in self.tallies:
-            yield tally.family()
 
 
 class LiveState:
