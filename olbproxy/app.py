@@ -221,7 +221,10 @@ async def create_app(settings: Settings) -> web.Application:
         api.preflight.append(rooms.preflight)
         # Where rooms' turns ran, as recorded (by this proxy or another): read back so
         # that a continuation finds its instance after a restart, or through a replica.
-        feed = PlacementFeed(store.rooms, planner, settings.placement, instance=instance)
+        # Records wait in the relay up to store.defer while it is busy; half a minute
+        # more for the recording process's batches and retries.
+        late = settings.store.defer + 30.0
+        feed = PlacementFeed(store.rooms, planner, settings.placement, instance=instance, late=late)
         app[PLACEMENT_FEED] = feed
         app.cleanup_ctx.append(feed.lifetime)
 
