@@ -44,6 +44,7 @@ from olbproxy.placement import Planner
 from olbproxy.pool import Backend, FixedPlacement, Group, Pool, RotatePlacement
 from olbproxy.relay import Deadlines, Relay
 from olbproxy.routing import Router, normalise_model
+from olbproxy.seat import seat
 from olbproxy.settings import GroupSettings, Settings
 
 log = logging.getLogger("olbproxy.api")
@@ -315,8 +316,15 @@ class OllamaApi:
         # Placement hashes the prompt, and may pin runner options: then new bytes, which
         # are what is forwarded and recorded from here on.
         body = request.get(BODY)
-        placement, pinned = self.planner.seat(
-            group, normalise_model(model), principal.id, exchange, body, raw, interactive=stream
+        placement, pinned = seat(
+            self.planner,
+            group,
+            normalise_model(model),
+            principal.id,
+            exchange,
+            body,
+            raw,
+            interactive=stream,
         )
         if pinned is not raw:
             raw = request[RAW] = exchange.request_body = pinned

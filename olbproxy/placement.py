@@ -47,17 +47,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import Any
 
-import orjson
-
-from olbproxy.exchange import Exchange, Placed
-from olbproxy.pool import Backend, Group, Pool, SlotPlacement
+from olbproxy.exchange import Exchange
+from olbproxy.pool import Backend, Group, Pool
 from olbproxy.prefixes import PrefixIndex, Stamp
-from olbproxy.prompt import Prompt, prompt_of
+from olbproxy.prompt import Prompt
 from olbproxy.rates import Learned, Sample
 from olbproxy.routing import normalise_model
-from olbproxy.seat import Seat, with_pins
 from olbproxy.settings import PlacementSettings
 
 log = logging.getLogger("olbproxy.placement")
@@ -134,30 +130,6 @@ class Planner:
         self.loads_ahead: Counter[tuple[str, str]] = Counter()  # (group, backend)
 
     # -- for the request path --------------------------------------------------------------
-
-    def seat(
-        self,
-        group: Group,
-        model: str,
-        user: str,
-        exchange: Exchange,
-        body: dict[str, Any] | None,
-        raw: bytes,
-        *,
-        interactive: bool,
-    ) -> tuple[Seat | SlotPlacement, bytes]:
-        """The placement for one model request, and the bytes to send (pinned options).
-        ``body``: the parsed JSON body, None for a request that has none (a form)."""
-        pinned = with_pins(body, group.settings.pin_options) if body is not None else None
-        if pinned is not None:
-            body, raw = pinned, orjson.dumps(pinned)
-        if group.settings.placement == "round_robin":
-            exchange.placed = Placed("round_robin")
-            placement = SlotPlacement(self.pool, group, model, user, interactive, self.placements)
-            return placement, raw
-        prompt = prompt_of(exchange.endpoint, model, body) if body is not None else None
-        exchange.placed = Placed("", prompt)
-        return Seat(self, group, model, user, interactive, exchange), raw
 
     def choose(
         self,

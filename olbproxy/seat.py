@@ -1,17 +1,46 @@
 """Seat: a model request's slot on the instance the planner chose (placement.py), and
-the body it is sent with (a group's pinned runner options)."""
+the body it is sent with (a group's pinned runner options).
+
+``seat`` is where a model request meets placement: it hashes the prompt for the planner
+(prompt.py), or, in a ``round_robin`` group, takes the next free slot instead."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from olbproxy.exchange import Exchange
-from olbproxy.pool import Backend, Group
+import orjson
+
+from olbproxy.exchange import Exchange, Placed
+from olbproxy.placement import Planner, Ticket
+from olbproxy.pool import Backend, Group, SlotPlacement
+from olbproxy.prompt import prompt_of
 from olbproxy.settings import PinnedOptions
 
-if TYPE_CHECKING:
-    from olbproxy.placement import Planner, Ticket
+
+def seat(
+    planner: Planner,
+    group: Group,
+    model: str,
+    user: str,
+    exchange: Exchange,
+    body: dict[str, Any] | None,
+    raw: bytes,
+    *,
+    interactive: bool,
+) -> tuple[Seat | SlotPlacement, bytes]:
+    """The placement for one model request, and the bytes to send (pinned options).
+    ``body``: the parsed JSON body, None for a request that has none (a form)."""
+    pinned = with_pins(body, group.settings.pin_options) if body is not None else None
+    if pinned is not None:
+        body, raw = pinned, orjson.dumps(pinned)
+    if group.settings.placement == "round_robin":
+        exchange.placed = Placed("round_robin")
+        pool, placements = planner.pool, planner.placements
+        return SlotPlacement(pool, group, model, user, interactive, placements), raw
+    prompt = prompt_of(exchange.endpoint, model, body) if body is not None else None
+    exchange.placed = Placed("", prompt)
+    return Seat(planner, group, model, user, interactive, exchange), raw
 
 
 def with_pins(body: dict[str, Any], pins: PinnedOptions) -> dict[str, Any] | None:
