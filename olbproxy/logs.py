@@ -8,7 +8,8 @@ fields in place of the message.
 Records are formatted where they are logged, and their lines go in batches through a
 queue to a thread that writes them (``_Batcher``, ``_Writer``): a slow terminal or a
 pipe nobody reads must never hold the event loop that relays every stream.
-``Logs.stop()`` flushes what is still queued.
+``Logs.stop()`` flushes what is still queued. A request aiohttp cannot parse is one
+warning line, not aiohttp's traceback (``MalformedRequests``).
 
 With ``log_file`` the log goes to that file through a ``WatchedFileHandler``: when
 newsyslog renames the file, the next record reopens the path, so rotation needs no
@@ -29,6 +30,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
+
+from aiohttp.http import HttpProcessingError
 
 from olbproxy.settings import LogFormat
 
@@ -236,6 +239,25 @@ def direct(logger: logging.Logger) -> _Batcher | None:
     return found
 
 
+class MalformedRequests(logging.Filter):
+    """aiohttp logs a request it could not parse (and answers with 400) as an error with
+    a traceback of its parser. It is a client's mistake, not the proxy's: one warning
+    line, who and why. The bytes aiohttp quotes are left out: a malformed Authorization
+    header is still a credential."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            lines = (exc.message or type(exc).__name__).strip().splitlines()
+            reason = lines[0].rstrip(" :") if lines else type(exc).__name__
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "refused a malformed request from %s (%d): %s"
+            record.args = (peer, exc.code, reason)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def formatter(log_format: LogFormat) -> logging.Formatter:
     return JsonFormatter() if log_format == "json" else TextFormatter()
 
@@ -264,6 +286,7 @@ class Logs:
         self._previous = logging.NOTSET
         self._flags = (True, True, True)
         self._running = False
+        self._malformed = MalformedRequests()
 
     def start(self) -> None:
         self._running = True
@@ -276,6 +299,7 @@ class Logs:
         self._previous = root.level
         root.setLevel(self.level)
         root.addHandler(self._handler)
+        logging.getLogger("aiohttp.server").addFilter(self._malformed)
         self._writer.start()
 
     def flush(self) -> None:
@@ -292,6 +316,7 @@ class Logs:
         self._running = False
         root = logging.getLogger()
         root.removeHandler(self._handler)
+        logging.getLogger("aiohttp.server").removeFilter(self._malformed)
         root.setLevel(self._previous)
         logging.logThreads, logging.logProcesses, logging.logMultiprocessing = self._flags
         self._handler.flush()

@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from conftest import until
+from conftest import StartProxy, StartSims, group, make_settings, until
 
 from olbproxy.logs import Logs
 
@@ -77,3 +77,33 @@ def test_lines_logged_on_the_event_loop_are_all_written_in_order(tmp_path: Path)
         assert numbers == list(range(1002))
     finally:
         logs.stop()
+
+
+async def test_a_request_that_cannot_be_parsed_is_one_warning_line(
+    tmp_path: Path, start_sims: StartSims, start_proxy: StartProxy
+) -> None:
+    """aiohttp answers it 400 and logs its parser's traceback as an error; the operator
+    gets one line saying who sent what kind of garbage, without the bytes (here a token)."""
+    path = tmp_path / "olbproxy.log"
+    logs = Logs("INFO", "text", path=str(path))
+    logs.start()
+    try:
+        (sim,) = await start_sims(1)
+        proxy = await start_proxy(make_settings(group("20b", ("gpt-oss:20b",), [sim])))
+        host, port = proxy.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"GET /api/tags HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sec-ret\rX: 1\r\n\r\n"
+        )
+        status = await reader.readline()
+        writer.close()
+    finally:
+        logs.stop()
+    assert status.split()[1] == b"400"
+    text = path.read_text()
+    (line,) = [x for x in text.splitlines() if "aiohttp.server" in x]
+    assert line.split(" ", 2)[2] == (
+        "WARNING aiohttp.server: refused a malformed request from 127.0.0.1 (400): "
+        "Missing expected LF after header value"
+    )
+    assert "Traceback" not in text and "sec-ret" not in text
