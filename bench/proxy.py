@@ -207,9 +207,10 @@ class Olbproxy(Target):
             self.port = free_port()
             self._write_config(backends)
             argv = [sys.executable, "-m", "olbproxy", "serve", "--config", str(self.config)]
+            argv = [*self.launcher, *argv]
             self.child = Child("olbproxy", argv, self.work, env=self._environment(), cwd=self.work)
             try:
-                self.child.wait_for_port(self.port, timeout=30)
+                self.child.wait_for_port(self.port, timeout=self.start_timeout)
             except BenchError as error:
                 self.child.stop()
                 self.child = None

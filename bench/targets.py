@@ -33,6 +33,10 @@ class Target:
         self.env = env
         self.addresses: list[str] = []
         self.child: Child | None = None
+        # Put before a Python target's command (instructions.py runs it under callgrind),
+        # with the time it may then take to listen.
+        self.launcher: list[str] = []
+        self.start_timeout = 30.0
 
     def available(self) -> str | None:
         """None when the target can run here, else why it cannot (printed, then skipped)."""
@@ -81,6 +85,7 @@ class Minimal(Target):
     def start(self, backends: Backends) -> None:
         port = free_port()
         argv = [
+            *self.launcher,
             sys.executable,
             "-m",
             "bench.minimal",
@@ -90,7 +95,7 @@ class Minimal(Target):
             ",".join(backends.endpoints),
         ]
         self.child = Child("minimal", argv, self.work, env=self.env, cwd=REPO)
-        self.child.wait_for_port(port)
+        self.child.wait_for_port(port, timeout=self.start_timeout)
         self.addresses = [f"127.0.0.1:{port}"]
 
 
