@@ -2,7 +2,7 @@
 
 The package reads in the order a request travels:
 
-    cli/ -> settings.py, config.py -> server.py, app.py
+    cli/ -> settings.py, config.py (yamlreader.py, readiness.py) -> server.py, app.py
     edge.py        canonical path, route table, authentication, authorisation, errors
     auth/          credentials -> Principal
     body.py        the body, read once as Ollama reads it (aliases.py: the one rewrite)

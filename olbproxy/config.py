@@ -6,9 +6,10 @@ environment, which wins). Every validation message names the file and the key.
 
 Two steps, so that ``check-config`` fails exactly when ``serve`` would:
 
-* ``load()`` reads and validates what the file and the environment say;
-* ``check_serve()`` adds what serving needs on top: a strong JWT secret, a MongoDB URI,
-  a certificate and key that load. ``serve`` and ``check-config`` both call it.
+* ``load()`` reads and validates what the file and the environment say (yamlreader.py
+  turns each YAML mapping into typed dataclass fields);
+* ``readiness.check_serve()`` adds what serving needs on top: a strong JWT secret, a
+  MongoDB URI, a certificate and key that load. ``serve`` and ``check-config`` both call it.
 
 Where the file is looked for when no path is given is the command line's business
 (``cli/main.py``); this module only reads the path it is handed.
@@ -16,15 +17,12 @@ Where the file is looked for when no path is given is the command line's busines
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 from collections.abc import Mapping
-from collections.abc import Mapping as MappingABC
-from dataclasses import MISSING, fields, is_dataclass, replace
+from dataclasses import fields, replace
 from pathlib import Path
-from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -36,13 +34,13 @@ from olbproxy.settings import (
     GroupSettings,
     HealthSettings,
     MetricsSettings,
-    PinnedOptions,
     PlacementSettings,
     RelaySettings,
     RoutesSettings,
     Settings,
     StoreSettings,
 )
+from olbproxy.yamlreader import Reader
 
 _GROUP_KEYS = {f.name for f in fields(GroupSettings)}
 _SECTIONS: dict[str, type] = {
@@ -53,15 +51,6 @@ _SECTIONS: dict[str, type] = {
     "routes": RoutesSettings,
     "relay": RelaySettings,
     "placement": PlacementSettings,
-}
-# Runner options (prompt.RUNNER_OPTIONS) a group may pin, and the type each takes.
-_PINNABLE: dict[str, type] = {
-    "num_ctx": int,
-    "num_batch": int,
-    "num_gpu": int,
-    "main_gpu": int,
-    "num_thread": int,
-    "use_mmap": bool,
 }
 _TOP_KEYS = {
     "listen",
@@ -82,114 +71,6 @@ _TOP_KEYS = {
     "tls_key",
     *_SECTIONS,
 }
-
-
-class _Reader:
-    """Typed access to one YAML mapping, with errors that name the file and key path."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {key}: {message}")
-
-    def mapping(self, key: str, value: Any, allowed: set[str]) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            raise self.fail(key, f"expected a mapping, got {type(value).__name__}")
-        for name in value:
-            if name not in allowed:
-                near = difflib.get_close_matches(str(name), sorted(allowed), n=1)
-                hint = f" (did you mean '{near[0]}'?)" if near else ""
-                where = f"{key}.{name}" if key else str(name)
-                raise self.fail(where, f"unknown key{hint}")
-        return dict(value)
-
-    def convert(self, key: str, value: Any, kind: Any) -> Any:
-        """Convert one value to a dataclass field's (resolved) type."""
-        args = get_args(kind)
-        if get_origin(kind) in (Union, UnionType):
-            if value is None and type(None) in args:
-                return None
-            kind = next(a for a in args if a is not type(None))
-            args = get_args(kind)
-        if get_origin(kind) is Literal:
-            if value not in args:
-                choices = ", ".join(map(str, args))
-                raise self.fail(key, f"must be one of {choices}, got {value!r}")
-            return value
-        if kind is bool:
-            if not isinstance(value, bool):
-                raise self.fail(key, f"expected true or false, got {value!r}")
-            return value
-        if kind is int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise self.fail(key, f"expected a whole number, got {value!r}")
-            return value
-        if kind is float:
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise self.fail(key, f"expected a number of seconds, got {value!r}")
-            return float(value)
-        if get_origin(kind) in (dict, Mapping, MappingABC):
-            if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-                raise self.fail(key, f"expected a mapping, got {value!r}")
-            return dict(value)
-        if get_origin(kind) is tuple and isinstance(args[0], type) and is_dataclass(args[0]):
-            if not isinstance(value, list):
-                raise self.fail(key, f"expected a list of mappings, got {value!r}")
-            item_type: Any = args[0]
-            names = {f.name for f in fields(item_type)}
-            required = [f.name for f in fields(item_type) if f.default is MISSING]
-            items = []
-            for i, item in enumerate(value):
-                where = f"{key}[{i}]"
-                data = self.mapping(where, item, names)
-                for name in required:
-                    if name not in data:
-                        raise self.fail(f"{where}.{name}", "is required")
-                items.append(item_type(**self.dataclass_fields(where, data, item_type)))
-            return tuple(items)
-        if get_origin(kind) is tuple:
-            if isinstance(value, str):
-                value = [value]
-            if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
-                raise self.fail(key, f"expected a list of strings, got {value!r}")
-            return tuple(str(v) for v in value)
-        if kind is str:
-            if not isinstance(value, str | int | float) or isinstance(value, bool):
-                raise self.fail(key, f"expected a string, got {value!r}")
-            return str(value)
-        raise self.fail(key, f"unsupported setting type {kind}")  # pragma: no cover
-
-    def pins(self, key: str, value: Any) -> PinnedOptions:
-        """``pin_options``: a mapping of runner options to the values every request gets."""
-        options = self.mapping(key, value, set(_PINNABLE))
-        pinned: list[tuple[str, int | bool]] = []
-        for name, given in sorted(options.items()):
-            kind = _PINNABLE[name]
-            if kind is bool:
-                pinned.append((name, self.convert(f"{key}.{name}", given, bool)))
-                continue
-            number = self.convert(f"{key}.{name}", given, int)
-            if number < 0 or (name == "num_ctx" and number < 1):
-                raise self.fail(f"{key}.{name}", f"must be a positive number, got {number}")
-            pinned.append((name, number))
-        return tuple(pinned)
-
-    def dataclass_fields(
-        self, key: str, raw: dict[str, Any], cls: type, skip: frozenset[str] = frozenset()
-    ) -> dict[str, Any]:
-        hints = get_type_hints(cls)
-        out: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name in raw and f.name not in skip:
-                where = f"{key}.{f.name}" if key else f.name
-                if f.name == "pin_options":
-                    out[f.name] = self.pins(where, raw[f.name])
-                    continue
-                out[f.name] = self.convert(where, raw[f.name], hints[f.name])
-        return out
 
 
 def parse_listen(text: str, where: str) -> tuple[str, int]:
@@ -229,7 +110,7 @@ def read_dotenv(path: Path) -> dict[str, str]:
     return values
 
 
-def _groups(reader: _Reader, raw: Any, defaults: dict[str, Any]) -> tuple[GroupSettings, ...]:
+def _groups(reader: Reader, raw: Any, defaults: dict[str, Any]) -> tuple[GroupSettings, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -269,7 +150,7 @@ def load(path: str | Path | None, environ: Mapping[str, str] | None = None) -> S
         dotenv = Path(path).resolve().parent / ".env.local"
         if dotenv.is_file():
             environ = {**read_dotenv(dotenv), **environ}
-    reader = _Reader(source)
+    reader = Reader(source)
     top = reader.mapping("", raw, _TOP_KEYS)
 
     if isinstance(top.get("log_level"), str):
@@ -474,66 +355,3 @@ def _validate_routes(settings: Settings) -> Settings:
         if not extra.methods or not set(extra.methods) <= _METHODS:
             raise ConfigError(f"{key}.methods: must be some of {', '.join(sorted(_METHODS))}")
     return replace(settings, routes=routes)
-
-
-def check_serve(settings: Settings) -> None:
-    """What serving needs beyond a valid file: ``serve`` and ``check-config`` both call
-    this, so check-config says OK exactly when serve would start."""
-    if settings.auth.enabled:
-        check_secret(settings)
-    if settings.store.backend == "mongodb" and not settings.store.mongodb_uri:
-        raise ConfigError(
-            f"MONGODB_URI is not set: store.backend mongodb needs it; put it in "
-            f"{_dotenv_of(settings)} or the environment, e.g. mongodb://127.0.0.1:27017/gpt "
-            f"(or store.backend: memory in {settings.source} for a trial without MongoDB)"
-        )
-    if settings.tls_cert is not None:
-        from olbproxy.tls import server_context
-
-        server_context(settings)
-    if settings.log_file is not None:
-        _check_log_file(settings.source, Path(settings.log_file).expanduser())
-
-
-def _check_log_file(source: str, path: Path) -> None:
-    """Writable, checked without creating it: check-config leaves no file behind."""
-    if path.exists():
-        problem = None if os.access(path, os.W_OK) else "Permission denied"
-    elif not path.parent.is_dir():
-        problem = "No such file or directory"
-    else:
-        problem = None if os.access(path.parent, os.W_OK) else "Permission denied"
-    if problem:
-        raise ConfigError(f"{source}: log_file: cannot write {path}: {problem}")
-
-
-def _dotenv_of(settings: Settings) -> str:
-    if settings.source.startswith("<"):
-        return ".env.local beside the config"
-    return str(Path(settings.source).parent / ".env.local")
-
-
-def check_secret(settings: Settings) -> None:
-    """Refuse to serve with a JWT secret an attacker could guess."""
-    secret = settings.auth.jwt_secret
-    how = "make one with:  openssl rand -base64 48"
-    if not secret:
-        raise ConfigError(
-            f"JWT_SECRET is not set (serve signs login tokens with it): write "
-            f"JWT_SECRET=<the output of `openssl rand -base64 48`> into {_dotenv_of(settings)}, "
-            "or set it in the environment, or name a file holding it in JWT_SECRET_FILE"
-        )
-    if secret.startswith(("$(", "`")):
-        raise ConfigError(
-            f"JWT_SECRET is the literal text {secret!r}: .env files do not run commands, "
-            f"so this is not a random secret; run  openssl rand -base64 48  and write "
-            f"its output there instead"
-        )
-    # An HMAC key shorter than its hash's output weakens it (RFC 7518 3.2): 32 bytes for
-    # HS256, 48 for HS384, 64 for HS512.
-    least = max(32, int(settings.auth.jwt_algorithm[2:]) // 8)
-    if len(secret.encode()) < least:
-        raise ConfigError(
-            f"JWT_SECRET is {len(secret.encode())} bytes long; auth.jwt_algorithm "
-            f"{settings.auth.jwt_algorithm} needs at least {least}; {how}"
-        )

@@ -2,7 +2,7 @@
 
 aiohttp serves HTTPS itself when handed this context, so passwords sent to
 ``/api/auth/login`` and ``/api/auth/register`` cross the LAN encrypted without a
-front-end in the way. ``config.check_serve`` builds it once too, so ``check-config``
+front-end in the way. ``readiness.check_serve`` builds it once too, so ``check-config``
 refuses a certificate that ``serve`` could not load.
 """
 

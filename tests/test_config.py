@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from olbproxy import config
+from olbproxy import config, readiness
 from olbproxy.cli import main
 from olbproxy.errors import ConfigError
 
@@ -103,12 +103,12 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, expected: str) -> No
 def test_literal_command_in_jwt_secret_is_refused_with_a_recipe() -> None:
     settings = config.load(SEED, {"JWT_SECRET": "$(openssl rand -base64 32)"})
     with pytest.raises(ConfigError, match="openssl rand"):
-        config.check_secret(settings)
+        readiness.check_secret(settings)
 
 
 def test_short_jwt_secret_is_refused() -> None:
     with pytest.raises(ConfigError, match="HS256 needs at least 32"):
-        config.check_secret(config.load(SEED, {"JWT_SECRET": "short"}))
+        readiness.check_secret(config.load(SEED, {"JWT_SECRET": "short"}))
 
 
 @pytest.fixture

@@ -111,7 +111,7 @@ class Tokens:
 
     def _secret(self) -> str:
         if not self.settings.jwt_secret:
-            # serve refuses to start without one (config.check_secret); tests set one.
+            # serve refuses to start without one (readiness.check_secret); tests set one.
             raise RuntimeError("auth.jwt_secret is not set")
         return self.settings.jwt_secret
 

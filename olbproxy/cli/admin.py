@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlsplit
 
-from olbproxy import config
+from olbproxy import config, readiness
 from olbproxy.cli.configfile import find_config
 from olbproxy.errors import BadRequest, ConfigError
 from olbproxy.settings import Settings
@@ -320,7 +320,7 @@ def cmd_key_revoke(args: argparse.Namespace) -> int:
 
 def cmd_token_issue(args: argparse.Namespace) -> int:
     async def op(ctx: Admin) -> int:
-        config.check_secret(ctx.settings)
+        readiness.check_secret(ctx.settings)
         token, expires = await ctx.accounts.issue_token(args.name, args.ttl)
         ctx.audit("token.issue", args.name, user=args.name, expires=expires.isoformat())
         print(token)

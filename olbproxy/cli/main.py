@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from olbproxy import config
+from olbproxy import config, readiness
 from olbproxy.cli import admin, launchd, status
 from olbproxy.cli.configfile import find_config
 from olbproxy.errors import ConfigError, ProxyError
@@ -59,7 +59,7 @@ def routing_table(settings: Settings) -> str:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = config.load(find_config(args.path))
-    config.check_serve(settings)  # the same checks serve makes before it starts
+    readiness.check_serve(settings)  # the same checks serve makes before it starts
     print(f"{settings.source}: OK")
     print(routing_table(settings))
     for note in settings.notices:
@@ -73,7 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from olbproxy.server import run, serve
 
     settings = config.load(find_config(args.config))
-    config.check_serve(settings)
+    readiness.check_serve(settings)
     logs = Logs(settings.log_level, settings.log_format, path=settings.log_file)
     logs.start()
     try:
