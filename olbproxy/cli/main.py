@@ -1,10 +1,11 @@
 """The command line: ``olbproxy serve | check-config | demo | status | launchd | user | key``.
 
-Each side of it lives in a module of this package: ``admin.py`` (users, keys, tokens,
-the audit trail), ``demo.py``, ``status.py``, ``launchd.py``; this one parses the
-arguments, finds the config, runs serve and check-config, and turns every failure into
-one line: exit status 2 for usage and configuration, 1 for what went wrong while
-running. ``olbproxy --debug ...`` shows the traceback instead.
+Each side of it lives in a module of this package: ``accounts.py`` (users, keys,
+tokens) and ``audit.py`` (the audit trail), both on ``admin.py``; ``demo.py``,
+``status.py``, ``launchd.py``. This one parses the arguments, finds the config, runs
+serve and check-config, and turns every failure into one line: exit status 2 for usage
+and configuration, 1 for what went wrong while running. ``olbproxy --debug ...``
+shows the traceback instead.
 
 Where the config is found without ``--config``: configfile.py.
 """
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from olbproxy import config, readiness
-from olbproxy.cli import admin, launchd, status
+from olbproxy.cli import accounts, audit, launchd, status
 from olbproxy.cli.configfile import find_config
 from olbproxy.errors import ConfigError, ProxyError
 from olbproxy.logs import Logs
@@ -143,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="the proxy's address (127.0.0.1: this machine only)"
     )
     demo.set_defaults(func=cmd_demo)
-    admin.register(sub)
+    accounts.register(sub)
+    audit.register(sub)
     status.register(sub)
     launchd.register(sub)
     return parser
