@@ -8,7 +8,9 @@ models it serves; ``python -m olbproxy.simulator`` runs some in a process of the
     models.py      the models it serves, its faults and counters, what it received
     costs.py       the cost model (off by default): loads, slots, caches, prefill, decode
     wire.py        how a Go program writes to the wire (JSON habits, gin's texts, Host check)
-    answer.py      what a model answers and how it is paced: tokens, timings, faults
+    answer.py      what a model answers (Reply) and the bytes of one API family (Encoder)
+    call.py        one model request (counted, timed) and the Simulator the routes see
+    playback.py    how an answer is paced onto the wire: load, first token, faults
     library.py     list, show, ps, pull, push, create, copy, delete, blobs
     native.py      generate, chat, embed, embeddings
     openai.py      /v1 chat, completions, embeddings, models

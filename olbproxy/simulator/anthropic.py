@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from olbproxy.simulator import answer as simulator_answer
+from olbproxy.simulator import playback as simulator_playback
 from olbproxy.simulator.answer import CONTENT, THINKING, TOOL, Reply, Timings, compose, words
 from olbproxy.simulator.native import message_words, said_in
 from olbproxy.simulator.openai import (
@@ -31,7 +31,7 @@ from olbproxy.simulator.openai import (
 from olbproxy.simulator.wire import JSON, SSE, Rejected, field, go_json, text
 
 if TYPE_CHECKING:
-    from olbproxy.simulator.answer import Simulator
+    from olbproxy.simulator.call import Simulator
 
 Handler = Callable[[web.Request], Any]
 _ERROR_TYPES = {
@@ -198,7 +198,7 @@ class Messages:
             think=think if model.thinking else None,
             tools=field(body, "tools", list, "MessagesRequest"),
         )
-        return await simulator_answer.deliver(
+        return await simulator_playback.deliver(
             self.sim,
             request,
             model,

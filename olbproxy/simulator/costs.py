@@ -54,18 +54,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from olbproxy.simulator.answer import (
-    Encoder,
-    ModelCall,
-    Reply,
-    Timing,
-    play_stream,
-    play_whole,
-)
+from olbproxy.simulator.answer import Encoder, Reply
+from olbproxy.simulator.call import ModelCall, Timing
+from olbproxy.simulator.playback import play_stream, play_whole
 from olbproxy.simulator.wire import DEFAULT_KEEP_ALIVE, reply
 
 if TYPE_CHECKING:
-    from olbproxy.simulator.answer import Simulator
+    from olbproxy.simulator.call import Simulator
     from olbproxy.simulator.models import SimulatedModel
 
 BYTES_PER_TOKEN = 4

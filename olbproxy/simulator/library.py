@@ -34,7 +34,7 @@ from olbproxy.simulator.wire import (
 )
 
 if TYPE_CHECKING:
-    from olbproxy.simulator.answer import Simulator
+    from olbproxy.simulator.call import Simulator
     from olbproxy.simulator.models import SimulatedModel
 
 Handler = Callable[[web.Request], Any]

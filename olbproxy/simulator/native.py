@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from olbproxy.simulator import answer as simulator_answer
+from olbproxy.simulator import playback as simulator_playback
 from olbproxy.simulator.answer import CONTENT, THINKING, Reply, Timings, compose, words
 from olbproxy.simulator.wire import (
     CLOCK,
@@ -43,7 +44,7 @@ from olbproxy.simulator.wire import (
 )
 
 if TYPE_CHECKING:
-    from olbproxy.simulator.answer import Simulator
+    from olbproxy.simulator.call import Simulator
     from olbproxy.simulator.models import SimulatedModel
 
 Handler = Callable[[web.Request], Any]
@@ -291,7 +292,7 @@ class NativeInference:
             options=body.get("options"),
             think=think if model.thinking else None,
         )
-        return await simulator_answer.deliver(
+        return await simulator_playback.deliver(
             self.sim,
             request,
             model,
@@ -335,7 +336,7 @@ class NativeInference:
             think=think if model.thinking else None,
             tools=tools,
         )
-        return await simulator_answer.deliver(
+        return await simulator_playback.deliver(
             self.sim,
             request,
             model,

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from olbproxy.simulator import answer as simulator_answer
 from olbproxy.simulator import library as simulator_library
 from olbproxy.simulator import native as simulator_native
+from olbproxy.simulator import playback as simulator_playback
 from olbproxy.simulator.answer import CONTENT, THINKING, Reply, Timings, compose, words
 from olbproxy.simulator.native import base64_floats, message_words, said_in, thinks
 from olbproxy.simulator.wire import (
@@ -37,7 +37,7 @@ from olbproxy.simulator.wire import (
 )
 
 if TYPE_CHECKING:
-    from olbproxy.simulator.answer import Simulator
+    from olbproxy.simulator.call import Simulator
     from olbproxy.simulator.models import SimulatedModel
 
 Handler = Callable[[web.Request], Any]
@@ -332,7 +332,7 @@ class Compatibility:
             think=think if model.thinking else None,
             tools=field(body, "tools", list, "ChatCompletionRequest"),
         )
-        return await simulator_answer.deliver(
+        return await simulator_playback.deliver(
             self.sim,
             request,
             model,
@@ -381,7 +381,7 @@ class Compatibility:
             answer_tokens=self.sim.answer_tokens,
             options=max_tokens_option(body, "max_tokens"),
         )
-        return await simulator_answer.deliver(
+        return await simulator_playback.deliver(
             self.sim,
             request,
             model,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from olbproxy.simulator import answer as simulator_answer
+from olbproxy.simulator import playback as simulator_playback
 from olbproxy.simulator.answer import Reply, Timings, compose, words
 from olbproxy.simulator.native import message_words, said_in
 from olbproxy.simulator.openai import (
@@ -29,7 +29,7 @@ from olbproxy.simulator.openai import (
 from olbproxy.simulator.wire import JSON, SSE, go_json, text
 
 if TYPE_CHECKING:
-    from olbproxy.simulator.answer import Simulator
+    from olbproxy.simulator.call import Simulator
 
 Handler = Callable[[web.Request], Any]
 
@@ -197,7 +197,7 @@ class Responses:
             answer_tokens=self.sim.answer_tokens,
             options=max_tokens_option(body, "max_output_tokens"),
         )
-        return await simulator_answer.deliver(
+        return await simulator_playback.deliver(
             self.sim,
             request,
             model,

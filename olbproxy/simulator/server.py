@@ -24,7 +24,7 @@ from olbproxy.simulator import library as simulator_library
 from olbproxy.simulator import native as simulator_native
 from olbproxy.simulator import openai as simulator_openai
 from olbproxy.simulator import responses as simulator_responses
-from olbproxy.simulator.answer import ModelCall, hold
+from olbproxy.simulator.call import ModelCall
 from olbproxy.simulator.costs import CostModel, Instance, Machine
 from olbproxy.simulator.models import (
     DEFAULT_MODELS,
@@ -33,6 +33,7 @@ from olbproxy.simulator.models import (
     SimulatedModel,
     SimulatorStats,
 )
+from olbproxy.simulator.playback import hold
 from olbproxy.simulator.wire import (
     BUSY,
     DEFAULT_KEEP_ALIVE,
