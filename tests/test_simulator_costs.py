@@ -15,7 +15,8 @@ import pytest
 from conftest import StartSims
 
 from olbproxy.simulator import OllamaSimulator
-from olbproxy.simulator.costs import CostModel, Machine, ModelCosts, common_prefix, render
+from olbproxy.simulator.costs import CostModel, Machine, ModelCosts
+from olbproxy.simulator.prompt import common_prefix, render
 
 SCALE = 0.01
 MODELS = {

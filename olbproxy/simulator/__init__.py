@@ -7,6 +7,8 @@ models it serves; ``python -m olbproxy.simulator`` runs some in a process of the
     server.py      OllamaSimulator: lifecycle, model state, recorded requests
     models.py      the models it serves, its faults and counters, what it received
     costs.py       the cost model (off by default): loads, slots, caches, prefill, decode
+    prompt.py      a prompt as the cost model counts it: rendered, in tokens, shared prefixes
+    runner.py      a loaded model's runner: its options, slots and host-RAM prompt cache
     wire.py        how a Go program writes to the wire (JSON habits, gin's texts, Host check)
     answer.py      what a model answers (Reply) and the bytes of one API family (Encoder)
     call.py        one model request (counted, timed) and the Simulator the routes see

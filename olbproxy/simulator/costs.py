@@ -5,7 +5,7 @@ Off unless a simulator is given one (``Simulator(costs=CostModel(...))``, or
 was before. With it, each simulator behaves like one ``ollama serve`` (0.30+, whose
 runner is llama-server with ``cache_prompt``) on an M3 Ultra:
 
-* **Runners.** A model is loaded on first use (``ModelCosts.load`` seconds) and stays
+* **Runners** (runner.py). A model is loaded on first use (``ModelCosts.load`` seconds) and stays
   until its ``keep_alive`` runs out, as ``/api/ps`` shows (``expires_at``,
   ``context_length`` = the runner's ``num_ctx``). A request whose runner options
   (``num_ctx``, ``num_batch``, ...) differ from the loaded runner's waits until the
@@ -18,7 +18,7 @@ runner is llama-server with ``cache_prompt``) on an M3 Ultra:
   is taken, else the least recently used one. What a slot loses goes to the runner's
   host-RAM cache (llama.cpp PR #16391; ``cache_ram_bytes``, least recently used out),
   from which a longer prefix is restored instead.
-* **Tokens.** The prompt is rendered the way Ollama's template renders it (system,
+* **Tokens** (prompt.py). The prompt is rendered the way Ollama's template renders it (system,
   tools, then the messages in order, then the generation prompt), and every 4 bytes
   of the rendering count as one token: deterministic, and a follow-up turn shares the
   previous turn's prompt and answer. An answer with thinking diverges from its next
@@ -43,12 +43,9 @@ model was loaded, another instance had it warm with a free slot, and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import json
-import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -57,14 +54,15 @@ from aiohttp import web
 from olbproxy.simulator.answer import Encoder, Reply
 from olbproxy.simulator.call import ModelCall, Timing
 from olbproxy.simulator.playback import play_stream, play_whole
+from olbproxy.simulator.prompt import BYTES_PER_TOKEN, render, rendered_answer, tokens
+from olbproxy.simulator.runner import Runner, Slot, runner_options
 from olbproxy.simulator.wire import DEFAULT_KEEP_ALIVE, reply
 
 if TYPE_CHECKING:
     from olbproxy.simulator.call import Simulator
     from olbproxy.simulator.models import SimulatedModel
 
-BYTES_PER_TOKEN = 4
-RUNNER_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
+
 # Tokens written together when they fall due within this many seconds: a compressed
 # decode at thousands of tokens/s would otherwise cost a wake-up per token.
 COALESCE = 0.01
@@ -103,169 +101,6 @@ class CostModel:
             return found
         # Any other model costs what the smallest listed one does.
         return min(self.models.values(), key=lambda c: c.load)
-
-
-def tokens(size: int) -> int:
-    return math.ceil(size / BYTES_PER_TOKEN)
-
-
-def common_prefix(a: bytes, b: bytes) -> int:
-    """Length of the longest common prefix (memcmp by binary search, no copies)."""
-    n = min(len(a), len(b))
-    view = memoryview(b)
-    if a.startswith(view[:n]):
-        return n
-    lo, hi = 0, n
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a.startswith(view[:mid]):
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = (p.get("text") for p in content if isinstance(p, dict))
-        return "".join(p for p in parts if isinstance(p, str))
-    return "" if content is None else json.dumps(content, sort_keys=True)
-
-
-def _calls(calls: Any) -> str:
-    if not isinstance(calls, list) or not calls:
-        return ""
-    named = []
-    for call in calls:
-        spec = call.get("function") if isinstance(call, dict) else None
-        spec = spec if isinstance(spec, dict) else (call if isinstance(call, dict) else {})
-        arguments = spec.get("arguments")
-        if isinstance(arguments, str):
-            with contextlib.suppress(ValueError):
-                arguments = json.loads(arguments)
-        named.append([spec.get("name"), arguments])
-    return json.dumps(named, sort_keys=True, ensure_ascii=False)
-
-
-def _turn(role: str, text: str) -> str:
-    return f"<|start|>{role}<|message|>{text}<|end|>"
-
-
-def render(body: Mapping[str, Any]) -> bytes:
-    """The prompt as Ollama's (gpt-oss-like) template renders it, ending with the
-    generation prompt; raw generate requests are their prompt as is."""
-    prompt = body.get("prompt")
-    if isinstance(prompt, str) and body.get("raw"):
-        return (prompt + _text(body.get("suffix"))).encode()
-    think = body.get("think", body.get("reasoning_effort"))
-    system = [_text(body.get("system", body.get("instructions")))]
-    raw = body.get("messages", body.get("input"))
-    messages: Sequence[Any] = [{"role": "user", "content": raw}] if isinstance(raw, str) else []
-    if isinstance(raw, list):
-        messages = [m for m in raw if isinstance(m, dict)]
-    lead = 0
-    while lead < len(messages) and str(messages[lead].get("role")).lower() in (
-        "system",
-        "developer",
-    ):
-        system.append(_text(messages[lead].get("content")))
-        lead += 1
-    parts = [_turn("system", f"Reasoning: {think}\n" + "\n".join(s for s in system if s))]
-    tools = body.get("tools")
-    if tools:
-        parts.append(_turn("developer", "# Tools\n" + json.dumps(tools, sort_keys=True)))
-    context = body.get("context")
-    if isinstance(context, list) and context:
-        parts.append(" ".join(str(t) for t in context))
-    for message in messages[lead:]:
-        role = str(message.get("role") or "user").lower()
-        parts.append(_turn(role, _text(message.get("content")) + _calls(message.get("tool_calls"))))
-    if isinstance(prompt, str):
-        parts.append(_turn("user", prompt + _text(body.get("suffix"))))
-    parts.append("<|start|>assistant")
-    return "".join(parts).encode("utf-8", "surrogatepass")
-
-
-def rendered_answer(answer: Reply) -> bytes:
-    """What decoding the answer leaves in the slot after the generation prompt."""
-    thinking = ""
-    if answer.thinking:
-        thinking = f"<|channel|>analysis<|message|>{answer.thinking}<|end|><|start|>assistant"
-    calls = _calls([answer.tool_call.native()]) if answer.tool_call is not None else ""
-    return f"{thinking}<|message|>{answer.content}{calls}<|end|>".encode()
-
-
-def _options(body: Mapping[str, Any], default_ctx: int) -> tuple[tuple[str, Any], ...]:
-    options = body.get("options")
-    given = options if isinstance(options, dict) else {}
-    values = {k: given[k] for k in RUNNER_OPTIONS if given.get(k) is not None}
-    values.setdefault("num_ctx", default_ctx)
-    return tuple(sorted(values.items()))
-
-
-@dataclass
-class Slot:
-    content: bytes = b""
-    used_at: float = 0.0
-    busy: bool = False
-
-
-@dataclass
-class Runner:
-    """One loaded model: its options, slots and host-RAM prompt cache."""
-
-    options: tuple[tuple[str, Any], ...]
-    slots: list[Slot]
-    kv_bytes: int
-    ram_limit: int
-    ram: list[bytes] = field(default_factory=list)  # least recently used first
-    users: int = 0  # requests assigned to it (waiting for a slot or running)
-    free: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def num_ctx(self) -> int:
-        return int(dict(self.options).get("num_ctx") or 0)
-
-    @property
-    def ram_tokens(self) -> int:
-        return sum(tokens(len(c)) for c in self.ram)
-
-    def has_free_slot(self) -> bool:
-        return any(not s.busy for s in self.slots)
-
-    def save(self, content: bytes) -> None:
-        """Keep an evicted prompt in host RAM; prefixes of it are redundant now."""
-        if not content:
-            return
-        self.ram = [c for c in self.ram if not content.startswith(c)]
-        self.ram.append(content)
-        while len(self.ram) > 1 and self.ram_tokens * self.kv_bytes > self.ram_limit:
-            self.ram.pop(0)
-
-    def take(self, prompt: bytes) -> tuple[Slot, int]:
-        """A free slot for ``prompt`` and how many of its bytes are cached there."""
-        free = [s for s in self.slots if not s.busy]
-        shared = [(common_prefix(s.content, prompt), s) for s in free]
-        best, slot = max(shared, key=lambda pair: (pair[0], -pair[1].used_at))
-        if best == 0:
-            slot = min(free, key=lambda s: s.used_at)
-        slot.busy = True
-        if best < len(slot.content):
-            self.save(slot.content)  # about to be overwritten past the shared part
-        from_ram = max(
-            ((common_prefix(c, prompt), i) for i, c in enumerate(self.ram)), default=(0, -1)
-        )
-        if from_ram[0] > best:
-            # Restored by copying: the cached prompt stays (most recently used), and
-            # goes once a prompt extending it is saved in its place.
-            entry = self.ram.pop(from_ram[1])
-            self.ram.append(entry)
-            slot.content = entry
-            best = from_ram[0]
-        return slot, best
 
 
 @dataclass
@@ -370,7 +205,7 @@ class Instance:
 
     def options_of(self, options: object) -> tuple[tuple[str, Any], ...]:
         """The runner options a request with these ``options`` needs."""
-        return _options({"options": options}, self.model.num_ctx)
+        return runner_options({"options": options}, self.model.num_ctx)
 
     def leave(self, model: SimulatedModel, runner: Runner, keep_alive: float | None) -> None:
         runner.users -= 1
@@ -396,7 +231,7 @@ class Instance:
         body = await request.json()
         prompt = render(body if isinstance(body, dict) else {})
         costs = self.model.of(model.name)
-        runner = await self.runner(model, _options(body, self.model.num_ctx))
+        runner = await self.runner(model, runner_options(body, self.model.num_ctx))
         try:
             timing.loaded_ns = time.perf_counter_ns()
             async with runner.free:
