@@ -14,7 +14,8 @@ models it serves; ``python -m olbproxy.simulator`` runs some in a process of the
     call.py        one model request (counted, timed) and the Simulator the routes see
     playback.py    how an answer is paced onto the wire: load, first token, faults
     library.py     list, show, ps, pull, push, create, copy, delete, blobs
-    native.py      generate, chat, embed, embeddings
+    native.py      generate, chat
+    embedding.py   embed, embeddings (and the vectors /v1/embeddings answers)
     openai.py      /v1 chat, completions, embeddings, models
     responses.py   /v1/responses
     anthropic.py   /v1/messages

@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from olbproxy.simulator import embedding as simulator_embedding
 from olbproxy.simulator import library as simulator_library
-from olbproxy.simulator import native as simulator_native
 from olbproxy.simulator import playback as simulator_playback
 from olbproxy.simulator.answer import CONTENT, THINKING, Reply, Timings, compose, words
-from olbproxy.simulator.native import base64_floats, message_words, said_in, thinks
+from olbproxy.simulator.embedding import base64_floats
+from olbproxy.simulator.native import message_words, said_in, thinks
 from olbproxy.simulator.wire import (
     JSON,
     JSON_UTF8,
@@ -418,7 +419,7 @@ class Compatibility:
         if model is None:
             raise Rejected(404, f"model '{name}' not found")
         dimensions = field(body, "dimensions", int, "EmbedRequest") or 0
-        native = simulator_native.NativeInference(self.sim)
+        native = simulator_embedding.Embeddings(self.sim)
         embedded = await native.embed_vectors(model, inputs, None, dimensions)
         if isinstance(embedded, tuple):
             return openai_error(*embedded)

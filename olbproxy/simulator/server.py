@@ -20,6 +20,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from olbproxy.simulator import anthropic as simulator_anthropic
+from olbproxy.simulator import embedding as simulator_embedding
 from olbproxy.simulator import library as simulator_library
 from olbproxy.simulator import native as simulator_native
 from olbproxy.simulator import openai as simulator_openai
@@ -102,6 +103,7 @@ class OllamaSimulator:
         for method, path, handler in (
             *simulator_library.routes(self),
             *simulator_native.routes(self),
+            *simulator_embedding.routes(self),
             *simulator_openai.routes(self),
             *simulator_responses.routes(self),
             *simulator_anthropic.routes(self),
