@@ -16,7 +16,8 @@ models it serves; ``python -m olbproxy.simulator`` runs some in a process of the
     library.py     list, show, ps, pull, push, create, copy, delete, blobs
     native.py      generate, chat
     embedding.py   embed, embeddings (and the vectors /v1/embeddings answers)
-    openai.py      /v1 chat, completions, embeddings, models
+    openai.py      the /v1 layer's shape (errors, bodies); /v1 embeddings, models
+    completions.py /v1/chat/completions, /v1/completions
     responses.py   /v1/responses
     anthropic.py   /v1/messages
 """

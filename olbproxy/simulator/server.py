@@ -20,6 +20,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from olbproxy.simulator import anthropic as simulator_anthropic
+from olbproxy.simulator import completions as simulator_completions
 from olbproxy.simulator import embedding as simulator_embedding
 from olbproxy.simulator import library as simulator_library
 from olbproxy.simulator import native as simulator_native
@@ -104,6 +105,7 @@ class OllamaSimulator:
             *simulator_library.routes(self),
             *simulator_native.routes(self),
             *simulator_embedding.routes(self),
+            *simulator_completions.routes(self),
             *simulator_openai.routes(self),
             *simulator_responses.routes(self),
             *simulator_anthropic.routes(self),
