@@ -293,6 +293,8 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError(f"{src}: store.batch_size: must be at least 1")
     if settings.store.queue_size < 0:
         raise ConfigError(f"{src}: store.queue_size: must not be negative")
+    if settings.store.queue_bytes < 1:
+        raise ConfigError(f"{src}: store.queue_bytes: must be at least 1")
     if settings.store.defer < 0:
         raise ConfigError(f"{src}: store.defer: must not be negative")
     if settings.store.nice not in range(20):

@@ -117,8 +117,14 @@ class StoreSettings:
     # Records wait here (fsync'd) while MongoDB cannot take them; relative to the
     # working directory. Replayed in order once MongoDB answers, also after a restart.
     spool_dir: str = "var/spool"
-    # Finished exchanges waiting in memory for the writer; beyond this, to the spool.
+    # Finished exchanges waiting in memory for the writer when recording on the loop
+    # (recorder "loop", and the memory store); beyond this, to the spool.
     queue_size: int = 10_000
+    # Frames waiting in memory for the recording process (recorder "process"); beyond
+    # this, on disk (spool_dir/handoff), in order. A frame is about 1 KB for a short
+    # exchange: the default holds some 100,000 of those, a minute of the bench's peak,
+    # before the relay spends its own time writing and reading them back.
+    queue_bytes: int = 128 * 1024 * 1024
     # Records per MongoDB write. Small on purpose: with recorder "loop", building and
     # encoding a batch runs on the relay's event loop, and a batch of 200 held streams up
     # for ~10 ms; 32 keeps it ~1 ms.

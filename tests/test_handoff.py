@@ -201,7 +201,7 @@ async def test_when_the_process_falls_behind_records_wait_on_disk_and_keep_their
     tmp_path: Path,
     reader: Reader,  # noqa: F811
 ) -> None:
-    proxy = await start(queue_size=2)
+    proxy = await start(queue_bytes=1)  # the first frame fills it
     pid = worker_pid(proxy.app)
     os.kill(pid, signal.SIGSTOP)
     chat = Conversation(proxy.http, proxy.url)
@@ -209,8 +209,8 @@ async def test_when_the_process_falls_behind_records_wait_on_disk_and_keep_their
         for turn in range(1, 8):
             await chat.say(f"turn {turn}")  # answered at once: recording is not in the way
         handoff = handoff_of(proxy.app)
-        await until(lambda: handoff.overflow.depth == 5)
-        assert handoff.backlog() == {"queue": 2, "spool": 5}
+        await until(lambda: handoff.overflow.depth == 6)
+        assert handoff.backlog() == {"queue": 1, "spool": 6}
         assert list((tmp_path / "spool" / "handoff").glob("*.jsonl"))  # on disk, fsync'd
     finally:
         os.kill(pid, signal.SIGCONT)
@@ -221,6 +221,27 @@ async def test_when_the_process_falls_behind_records_wait_on_disk_and_keep_their
     assert room.turns == 8
     assert [m.input for m in turns] == [f"turn {n}" for n in range(1, 9)]
     assert not list((tmp_path / "spool" / "handoff").glob("*.jsonl"))
+
+
+async def test_the_memory_bound_weighs_frames_by_their_bytes_not_their_number(
+    start: StartRecording,
+) -> None:
+    proxy = await start(queue_bytes=64 * 1024)
+    pid = worker_pid(proxy.app)
+    os.kill(pid, signal.SIGSTOP)
+    handoff = handoff_of(proxy.app)
+    try:
+        small = Conversation(proxy.http, proxy.url)
+        for turn in range(1, 11):
+            await small.say(f"turn {turn}")
+        assert handoff.backlog() == {"queue": 10, "spool": 0}  # ten small frames fit
+        await Conversation(proxy.http, proxy.url).say("x" * 70_000)  # one that fills it
+        await small.say("turn 11")
+        await until(lambda: handoff.overflow.depth == 1)
+        assert handoff.backlog() == {"queue": 11, "spool": 1}
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await settled(proxy.app)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ of its own (``store.recorder: process``, worker.py).
 
     handler's finally ─observe()─► frame ─pipe─► recording process ─► MongoDB / its spool
                                      │ kept until the process reports it settled
-                                     │ queue_size frames unsettled already:
+                                     │ queue_bytes of frames unsettled already:
                                      ▼
                                    overflow (disk, fsync'd: spool_dir/handoff) ─► pipe, later
 
@@ -16,9 +16,9 @@ of its own (``store.recorder: process``, worker.py).
   process reports it settled: written to MongoDB, in its fsync'd spool, or given up.
   If the process dies, it is started again and the unsettled frames are resent,
   marked ``RESENT`` (they may be in MongoDB already: the replay looks before it files).
-* With ``queue_size`` frames unsettled (the process cannot keep up, or is starting
-  again), new frames go to the overflow on disk, in order, and are sent from there
-  once fewer than half that many are unsettled; while the overflow holds frames, new
+* With ``queue_bytes`` of frames unsettled (the process cannot keep up, or is starting
+  again), new frames go to the overflow on disk, in order, and are sent from there once
+  half that is; while the overflow holds frames, new
   ones line up behind them, so records still reach MongoDB in the order their
   exchanges finished.
 * While the relay's process is busy, frames wait here before the pipe (pace.py): the
@@ -94,10 +94,11 @@ class Handoff:
         self.overflow = Spool(Path(settings.store.spool_dir) / OVERFLOW)
         self.spooling = False  # the process's recorder is spooling
         self.stats: Counter[str] = Counter()
-        self._limit = max(1, settings.store.queue_size)
+        self._limit = max(1, settings.store.queue_bytes)
         # How long a stop waits for the process to write (or spool) its queue and exit.
         self.stop_seconds = settings.store.timeout * 2 + 15
         self._unsettled: deque[bytes] = deque()
+        self._unsettled_bytes = 0  # what the unsettled frames hold: the memory bound
         self._written = 0  # of the unsettled, the oldest this many went to the process
         # While the relay is busy, frames wait here (pace.py).
         self.pace = Pace(settings.store.defer)
@@ -134,13 +135,14 @@ class Handoff:
                 "persistence: cannot hand over exchange %s; its record is lost", exchange.id
             )
             return
-        if self._overflowing or len(self._unsettled) >= self._limit:
+        if self._overflowing or self._full():
             if not self._overflowing:
                 self._overflowing = True
                 log.warning(
-                    "persistence: %d records wait for the recording process; "
+                    "persistence: %d records (%d MiB) wait for the recording process; "
                     "the next ones wait on disk (%s)",
                     len(self._unsettled),
+                    self._unsettled_bytes >> 20,
                     self.overflow.directory,
                 )
             self._held.append(frame)
@@ -170,8 +172,18 @@ class Handoff:
         """Everything observed so far is in the database."""
         return not self.spooling and not any(self.backlog().values())
 
+    # Bounded by bytes, not by count: frames are bytes the garbage collector never walks,
+    # and one of a 4 MiB conversation weighs as much as 4,000 small ones.
+    def _full(self) -> bool:
+        return self._unsettled_bytes >= self._limit
+
+    def _has_room(self) -> bool:
+        """Half the bound free again: the overflow may be sent."""
+        return self._unsettled_bytes <= self._limit // 2
+
     def _send(self, frame: bytes) -> None:
         self._unsettled.append(frame)
+        self._unsettled_bytes += len(frame)
         if self._pipe is not None and not self.pace.deferring:  # else sent later: _release
             self._queue(frame)
             self._written += 1
@@ -253,6 +265,7 @@ class Handoff:
     async def _keep_for_the_next_start(self) -> None:
         left = [base64.b64encode(resent(frame)) for frame in self._unsettled]
         self._unsettled.clear()
+        self._unsettled_bytes = 0
         if not left and not self._held:
             return
         waiting = Batch([], (0, 0))
@@ -336,13 +349,13 @@ class Handoff:
     def _reported(self, state: dict[str, Any]) -> None:
         settled = min(state.get("settled", self._settled), self._settled + self._written)
         for _ in range(settled - self._settled):
-            self._unsettled.popleft()
+            self._unsettled_bytes -= len(self._unsettled.popleft())
         self._written -= settled - self._settled
         self._settled = settled
         self.spooling = bool(state.get("spooling"))
         self._spool = int(state.get("spool", 0))
         self.stats = self._earlier + Counter(state.get("stats", {}))
-        if self._overflowing and len(self._unsettled) < self._limit // 2 + 1:
+        if self._overflowing and self._has_room():
             self._wake.set()
 
     # -- relaying first (pace.py) -----------------------------------------------------------
@@ -372,8 +385,7 @@ class Handoff:
                     log.error("persistence: cannot write %s (%s)", self.overflow.directory, exc)
                     await asyncio.sleep(1.0)
                 continue
-            room = len(self._unsettled) <= self._limit // 2
-            if self._overflowing and self._pipe is not None and room:
+            if self._overflowing and self._pipe is not None and self._has_room():
                 await self._unload(size)
                 continue
             await self._wake.wait()
