@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import make_mocked_request
 from conftest import StartProxy, StartSims
+from hypothesis import given
+from hypothesis import strategies as st
 from identity import CHAT, PASSWORD, Site, basic, bearer, site_settings
 
 from olbproxy import access, logs
@@ -247,6 +249,22 @@ def test_values_a_client_chose_cannot_start_a_new_line() -> None:
     fields = {"route": "/api/x\nevent=login user=root", "user": "kim", "status": 404}
     assert access._text(fields) == 'route="/api/x\\nevent=login user=root" user=kim status=404'
     assert access._text({"user": "김" * 300}) == f'user="{"김" * 200}..."'
+
+
+EDGES = ' \t\n"=\\!#<>[]~\x7f\x85\xa0\u2028\u3000김a0'
+
+
+@given(st.text(st.sampled_from(EDGES) | st.characters(codec="utf-8"), max_size=220))
+def test_a_value_is_quoted_exactly_when_it_has_a_space_a_quote_an_equals_or_a_backslash(
+    value: str,
+) -> None:
+    # The rule as first written, one character at a time; the line's fast path must agree.
+    special = set(' \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0"=\\')
+    plain = bool(value) and len(value) <= 200 and value.isprintable() and not special & set(value)
+    line = access._text({"user": value})
+    assert (line == f"user={value}") is plain
+    if not plain:
+        assert line.startswith('user="') and "\n" not in line
 
 
 class _Transport:
