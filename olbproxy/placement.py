@@ -225,11 +225,16 @@ class Planner:
         holders: dict[str, int] = {}
         sticky: set[str] = set()
         if prompt is not None:
-            by_label = {b.label: b for b in backends}
+            # A recorded stamp still holds where the model was not (re)loaded since and
+            # less than cache_tokens of other prompts went through the instance after it.
+            epochs = {b.label: b.epochs.get(model, 0) for b in backends}
+            stored, limit = self._stored, self.settings.cache_tokens
 
             def valid(label: str, stamp: Stamp) -> bool:
-                backend = by_label.get(label)
-                return backend is not None and self._valid(backend, model, stamp)
+                epoch = epochs.get(label)
+                if epoch is None or (stamp.epoch is not None and stamp.epoch != epoch):
+                    return False  # not a candidate, or its model was (re)loaded since
+                return stamp.stored is None or stored[label, model] - stamp.stored <= limit
 
             holders = self.index.holders(prompt, valid)
             if (continued := prompt.continued) is not None:
@@ -275,30 +280,27 @@ class Planner:
             options.append(Option(backend, cost, wait, cached, kind, free, resident, loading))
         return options
 
-    def _valid(self, backend: Backend, model: str, stamp: Stamp) -> bool:
-        if stamp.epoch is not None and stamp.epoch != backend.epochs.get(model, 0):
-            return False  # the model was unloaded or reloaded there since
-        if stamp.stored is None:
-            return True
-        return self._stored[backend.label, model] - stamp.stored <= self.settings.cache_tokens
-
     def _next(self, group: Group, model: str, free: list[Option]) -> Option:
         """Among equally good options: warm before loading before cold, then the one that
         has worked least, then round-robin in the group's order (alike requests
         alternate, since each adds its work)."""
-        order = {b: i for i, b in enumerate(group.backends)}
+        order = group.backends
         cursor = self._cursors.get((group.name, model), 0)
-        n = max(len(group.backends), 1)
+        n = max(len(order), 1)
         work = self.work
-        chosen = min(
-            free,
-            key=lambda o: (
-                0 if o.resident else 1 if o.loading else 2,  # cold instances last
-                work.get(o.backend.label, 0.0),
-                (order[o.backend] - cursor) % n,
-            ),
+        chosen = (
+            free[0]
+            if len(free) == 1
+            else min(
+                free,
+                key=lambda o: (
+                    0 if o.resident else 1 if o.loading else 2,  # cold instances last
+                    work.get(o.backend.label, 0.0),
+                    (order.index(o.backend) - cursor) % n,
+                ),
+            )
         )
-        self._cursors[group.name, model] = (order[chosen.backend] + 1) % n
+        self._cursors[group.name, model] = (order.index(chosen.backend) + 1) % n
         return chosen
 
     @staticmethod

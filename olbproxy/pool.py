@@ -217,6 +217,7 @@ class Pool:
     def __init__(self, settings: Settings) -> None:
         self.backends: dict[str, Backend] = {}
         self.groups: dict[str, Group] = {}
+        self._by_label: dict[str, Backend] = {}  # every finished exchange looks one up
         self._any_cursor = -1
         self.apply(settings)
 
@@ -244,6 +245,9 @@ class Pool:
             if name not in groups:
                 group.admission.close(f"group {name!r} was removed by a configuration reload")
         self.backends, self.groups = backends, groups
+        self._by_label = {}
+        for backend in backends.values():
+            self._by_label.setdefault(backend.label, backend)  # the first, as before
 
     def groups_of(self, backend: Backend) -> Iterator[Group]:
         return (g for g in self.groups.values() if backend in g.backends)
@@ -257,7 +261,7 @@ class Pool:
 
     def backend(self, label: str | None) -> Backend | None:
         """The backend with this label (host:port), as exchanges name it."""
-        return next((b for b in self.backends.values() if b.label == label), None)
+        return self._by_label.get(label) if label is not None else None
 
     def rotate_any(self) -> Backend | None:
         """A healthy backend from any group, spreading requests that name no model."""

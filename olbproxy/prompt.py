@@ -8,7 +8,8 @@ after another. ``prompt_of`` cuts a request at those boundaries and chains a has
 them (``Prompt.hashes``): two requests share the prefix up to a boundary exactly when
 their chains agree there, whoever sent them. A shared system prompt and tool list (Open
 WebUI sends ~25 KB of tools with every chat) is the first boundaries; a conversation's
-next turn shares every boundary of the previous turn's prompt.
+next turn shares every boundary of the previous turn's prompt. An absent system prompt
+or tool list makes no boundary of its own (its mark goes into the next one).
 
 The hashes are over the parsed request (``json.loads`` of the bytes as received), in
 canonical JSON: key order and whitespace of the client's JSON do not matter, values
@@ -59,8 +60,12 @@ def _text(value: Any) -> bytes:
     return b"j" + _dump(value) if value is not None else b"n"
 
 
+# Bodies come from JSON, so a mapping in them is a dict: isinstance(x, dict) is one C
+# check where isinstance(x, Mapping) goes through the ABC machinery on every message.
+
+
 def _message(message: Any) -> bytes:
-    if not isinstance(message, Mapping):
+    if not isinstance(message, dict):
         return _text(message)
     head = str(message.get("role") or "").lower().encode() + b"\x00" + _text(message.get("content"))
     calls = message.get("tool_calls")
@@ -72,7 +77,7 @@ def _message(message: Any) -> bytes:
         # Ids and indexes are the client's bookkeeping; name and arguments are rendered.
         calls = [
             (f.get("name"), f.get("arguments"))
-            if isinstance(f := (c.get("function") if isinstance(c, Mapping) else None), Mapping)
+            if isinstance(f := (c.get("function") if isinstance(c, dict) else None), dict)
             else c
             for c in calls
         ]
@@ -82,7 +87,7 @@ def _message(message: Any) -> bytes:
 def runner_options(body: Mapping[str, Any]) -> dict[str, Any]:
     """The request's options that decide which runner serves it."""
     options = body.get("options")
-    if not isinstance(options, Mapping):
+    if not isinstance(options, dict):
         return {}
     return {k: options[k] for k in RUNNER_OPTIONS if k in options}
 
@@ -112,16 +117,23 @@ class Prompt:
         return None if self.continues is None else self.hashes[self.continues]
 
 
+# What an absent field is framed as (``_text(None)``).
+_ABSENT = b"n"
+
+
 class _Chain:
-    __slots__ = ("hashes", "size", "sizes", "value")
+    __slots__ = ("hashes", "held", "size", "sizes", "value")
 
     def __init__(self) -> None:
         self.value = b""
         self.size = 0
+        self.held = b""
         self.hashes: list[bytes] = []
         self.sizes: list[int] = []
 
     def add(self, piece: bytes) -> None:
+        """A boundary after ``piece`` (and whatever was held)."""
+        piece, self.held = self.held + piece, b""
         digest = hashlib.blake2b(self.value, digest_size=16)
         digest.update(piece)
         self.value = digest.digest()
@@ -129,11 +141,22 @@ class _Chain:
         self.hashes.append(self.value)
         self.sizes.append(self.size)
 
+    def add_or_hold(self, piece: bytes) -> None:
+        """A boundary after ``piece``, unless it frames only absent fields: then it goes
+        into the next boundary. Most requests have no system prompt or no tools, and a
+        boundary there would be one more hash to make, record and look up on every
+        request (placement was a quarter of a small request's instructions) for a prefix
+        no instance could hold more of than any other."""
+        if piece.strip(_ABSENT):
+            self.add(piece)
+        else:
+            self.held += piece
+
 
 def _limit(body: Mapping[str, Any]) -> int | None:
     options = body.get("options")
     candidates = [
-        options.get("num_predict") if isinstance(options, Mapping) else None,
+        options.get("num_predict") if isinstance(options, dict) else None,
         body.get("max_tokens"),
         body.get("max_completion_tokens"),
         body.get("max_output_tokens"),
@@ -164,23 +187,25 @@ def prompt_of(endpoint: str, model: str, body: Mapping[str, Any]) -> Prompt | No
         lead = 0
         while (
             lead < len(messages)
-            and isinstance(messages[lead], Mapping)
+            and isinstance(messages[lead], dict)
             and str(messages[lead].get("role") or "").lower() in _SYSTEM_ROLES
         ):
             lead += 1
-        chain.add(_text(system) + b"".join(_message(m) for m in messages[:lead]))
+        chain.add_or_hold(_text(system) + b"".join(_message(m) for m in messages[:lead]))
         messages = messages[lead:]
-        chain.add(_text(body.get("tools")))
+        chain.add_or_hold(_text(body.get("tools")))
     else:
-        chain.add(_text(system) + _text(body.get("raw")) + _text(body.get("template")))
-        chain.add(_text(body.get("context")))
+        chain.add_or_hold(_text(system) + _text(body.get("raw")) + _text(body.get("template")))
+        chain.add_or_hold(_text(body.get("context")))
     continues: int | None = None
     offset = len(chain.hashes)
     if chat:
         for index, message in enumerate(messages):
-            if isinstance(message, Mapping) and str(message.get("role")).lower() == "assistant":
+            if isinstance(message, dict) and str(message.get("role")).lower() == "assistant":
                 continues = offset + index - 1
             chain.add(_message(message))
     else:
         chain.add(_text(body.get("prompt")) + _text(body.get("suffix")))
+    if chain.held:
+        chain.add(b"")  # a chat without messages ends where its held parts end
     return Prompt(tuple(chain.hashes), tuple(chain.sizes), continues, _limit(body))

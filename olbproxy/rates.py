@@ -47,17 +47,21 @@ DIFFERENT = 2.0
 class Estimate:
     """The median of the last ``SAMPLES`` values (None before the first)."""
 
-    __slots__ = ("samples",)
+    __slots__ = ("_median", "samples")
 
     def __init__(self) -> None:
         self.samples: deque[float] = deque(maxlen=SAMPLES)
+        self._median: float | None = None  # until the next sample: asked on every request
 
     def add(self, value: float) -> None:
         self.samples.append(value)
+        self._median = None
 
     @property
     def value(self) -> float | None:
-        return statistics.median(self.samples) if self.samples else None
+        if self._median is None and self.samples:
+            self._median = statistics.median(self.samples)
+        return self._median
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -113,6 +117,8 @@ class Learned:
         # asks for each instance's figures on every request, and a pooled median over
         # all instances' samples each time was 3 % of the proxy's CPU on small requests.
         self._figures: dict[tuple[str, str, str], float] = {}
+        # The median over all instances of a model, by kind: the same for every instance.
+        self._pooled: dict[tuple[str, str], float] = {}
 
     def rates(self, backend: str, model: str) -> Rates:
         found = self._rates.get((backend, model))
@@ -129,21 +135,24 @@ class Learned:
 
     def _add(self, estimate: Estimate, model: str, kind: str, value: float) -> None:
         estimate.add(value)
+        self._pooled.pop((model, kind), None)
         figures = self._figures
         for key in [k for k in figures if k[1] == model and k[2] == kind]:
             del figures[key]
 
     def _compute(self, backend: str, model: str, kind: str) -> float:
         own: Estimate = getattr(self.rates(backend, model), kind)
-        everyone: list[float] = [
-            value
-            for (_, m), rates in self._rates.items()
-            if m == model
-            for value in getattr(rates, kind).samples
-        ]
-        if not everyone:
-            return PRIORS[kind]
-        pooled = statistics.median(everyone)
+        pooled = self._pooled.get((model, kind))
+        if pooled is None:
+            everyone: list[float] = [
+                value
+                for (_, m), rates in self._rates.items()
+                if m == model
+                for value in getattr(rates, kind).samples
+            ]
+            if not everyone:
+                return PRIORS[kind]
+            pooled = self._pooled[model, kind] = statistics.median(everyone)
         mine = own.value if len(own) >= OWN_SAMPLES else None
         if mine is not None and not 1 / DIFFERENT <= mine / pooled <= DIFFERENT:
             return mine  # really another kind of instance (another machine, another GPU)

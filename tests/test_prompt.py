@@ -71,6 +71,21 @@ def test_what_shapes_the_prefix_comes_first_model_runner_options_system_and_tool
     assert other is not None and other.hashes[:3] == base.hashes[:3] and other.key != base.key
 
 
+def test_absent_system_prompt_and_tools_make_no_boundary_of_their_own() -> None:
+    first = {"role": "user", "content": "hi"}
+    plain = prompt_of("/api/chat", M, chat(first))
+    assert plain is not None and len(plain.hashes) == 2  # the runner, the message
+    tools = prompt_of("/api/chat", M, chat(first, tools=TOOLS))
+    system = prompt_of("/api/chat", M, chat(SYSTEM, first))
+    assert tools is not None and len(tools.hashes) == 3
+    assert system is not None and len(system.hashes) == 3
+    # None of them is the other's prefix: what is absent still counts in the next boundary.
+    assert len({plain.key, tools.key, system.key}) == 3
+    assert len({plain.hashes[1], tools.hashes[1], system.hashes[1]}) == 3
+    empty = prompt_of("/api/chat", M, {"model": M, "messages": []})
+    assert empty is not None and len(empty.hashes) == 2 and empty.key != plain.hashes[0]
+
+
 def test_generate_and_openai_requests_have_prompts_and_embeddings_none() -> None:
     generate = prompt_of("/api/generate", M, {"model": M, "prompt": "why", "system": "S"})
     openai = prompt_of(
