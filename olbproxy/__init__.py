@@ -10,7 +10,8 @@ The package reads in the order a request travels:
     api.py         thin handlers (catalog.py, management.py beside them)
     placement.py   which instance of the group (prompt.py, rates.py), admission.py, pool.py
     upstream.py    every request to an instance; relay.py and splice.py stream the answer
-                   (lane.py: the proxy's own keep-alive connections, httptools' parser)
+                   (attempt.py: what each try is given; answer.py: how it goes out;
+                   lane.py: the proxy's own keep-alive connections, httptools' parser)
     exchange.py    the request's record, read once the answer has ended
     persistence/   rooms and messages, off the request path; store/ knows MongoDB
 

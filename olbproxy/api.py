@@ -22,6 +22,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from olbproxy.aliases import Aliases
+from olbproxy.attempt import Deadlines
 from olbproxy.auth.principal import principal_of
 from olbproxy.body import (
     BODY,
@@ -42,7 +43,7 @@ from olbproxy.errors import ProxyError, Unavailable, UpstreamError
 from olbproxy.exchange import EXCHANGE, Exchange, final_counters
 from olbproxy.placement import Planner
 from olbproxy.pool import Backend, FixedPlacement, Group, Pool, RotatePlacement
-from olbproxy.relay import Deadlines, Relay
+from olbproxy.relay import Relay
 from olbproxy.routing import Router, normalise_model
 from olbproxy.seat import seat
 from olbproxy.settings import GroupSettings, Settings

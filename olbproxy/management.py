@@ -16,6 +16,7 @@ import re
 
 from aiohttp import web
 
+from olbproxy.attempt import Deadlines
 from olbproxy.audit import AuditTrail
 from olbproxy.body import model_of, read_json, wants_stream
 from olbproxy.cache import Bounded
@@ -23,7 +24,7 @@ from olbproxy.edge import MATCH, Route, route, upstream_path
 from olbproxy.errors import BadRequest, NotFound, Unavailable
 from olbproxy.exchange import Exchange
 from olbproxy.pool import Backend, FixedPlacement, Group, Pool
-from olbproxy.relay import Deadlines, Relay
+from olbproxy.relay import Relay
 from olbproxy.routing import Router
 from olbproxy.settings import Settings
 from olbproxy.upstream import Failure

@@ -5,8 +5,8 @@ Hot path discipline: token streams of chat and generate are spliced (splice.py):
 bytes go from the backend socket's callback to the client with one append and one
 write, no task woken per token. With the lane on (lane.py, the default) those streams
 and whole answers go over the proxy's own keep-alive connections, parsed by httptools;
-otherwise through aiohttp's client. Other answers go through ``_copy``: one read, one
-append, one write per chunk. The first byte's time is taken once; counters are parsed
+otherwise through aiohttp's client. Other answers are copied (answer.py: one read, one
+append, one write per chunk). The first byte's time is taken once; counters are parsed
 after the stream has ended (exchange.py). Idle streams are policed by the watchdog
 (watchdog.py) from the chunks kept anyway, so no timer is touched per chunk.
 
@@ -20,81 +20,33 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from olbproxy.errors import (
-    Unavailable,
-    UpstreamError,
-    UpstreamTimeout,
-    stream_error_line,
+from olbproxy.answer import (
+    DROP_RESPONSE,
+    STREAMING_TYPES,
+    copy_stream,
+    copy_whole,
+    end_broken,
+    headers_of,
+    send_reply,
 )
+from olbproxy.attempt import Deadlines, LanePath, Placement
+from olbproxy.errors import Unavailable, UpstreamError, UpstreamTimeout
 from olbproxy.exchange import Exchange, complete
-from olbproxy.lane import Lane, Reply
+from olbproxy.lane import Lane
 from olbproxy.pool import Backend
 from olbproxy.splice import Splice, can_splice, relay_spliced
 from olbproxy.upstream import Failure, Upstream, request_head
 from olbproxy.watchdog import Watchdog
 
 log = logging.getLogger("olbproxy.relay")
-
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-DROP_RESPONSE = HOP_BY_HOP | {"content-length"}
-STREAMING_TYPES = ("application/x-ndjson", "text/event-stream")
-
-
-@dataclass(frozen=True, slots=True)
-class Deadlines:
-    """Seconds allowed to the first byte (None: unbounded) and between two chunks."""
-
-    first_byte: float | None
-    idle: float | None = None
-
-
-def _headers(reply: Reply) -> CIMultiDict[str]:
-    """A lane answer's headers for the client: hop-by-hop ones and the length dropped."""
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in reply.headers:
-        text = name.decode("latin-1")
-        if text.lower() not in DROP_RESPONSE:
-            headers.add(text, value.decode("utf-8", "replace"))
-    return headers
-
-
-# Relay._whole or Relay._streamed: one attempt through the lane.
-LanePath = Callable[
-    [web.Request, Exchange, Backend, bytes | None, Deadlines, str],
-    Awaitable[web.StreamResponse],
-]
-
-
-class Placement(Protocol):
-    """Where an attempt goes: hands out a backend and takes it back afterwards."""
-
-    async def acquire(self, exclude: Sequence[Backend]) -> Backend: ...
-
-    def release(self, backend: Backend) -> None: ...
 
 
 class Relay:
@@ -255,7 +207,7 @@ class Relay:
             seconds=deadlines.first_byte,
         )
         self._answered(backend, exchange, reply.status)
-        return await self._send_reply(request, exchange, reply, _headers(reply))
+        return await send_reply(request, exchange, reply, headers_of(reply))
 
     def _answered(self, backend: Backend, exchange: Exchange, status: int) -> None:
         exchange.status = status
@@ -263,27 +215,6 @@ class Relay:
             self._failed(backend, f"answered {status}")
         else:
             self._succeeded(backend)
-
-    @staticmethod
-    async def _send_reply(
-        request: web.Request, exchange: Exchange, reply: Reply, headers: CIMultiDict[str]
-    ) -> web.StreamResponse:
-        """A lane answer read whole, sent as headers and body in one write."""
-        response = web.Response(status=reply.status, reason=reply.reason, headers=headers)
-        response.body = reply.body
-        exchange.first_byte = time.monotonic()
-        exchange.chunks.append(reply.body)
-        try:
-            await response.prepare(request)
-            await response.write_eof()
-        except ConnectionResetError:
-            exchange.outcome = "cancelled"  # the client left: an ordinary end
-            return response
-        finally:
-            exchange.ended = time.monotonic()
-        if exchange.outcome == "pending":
-            exchange.outcome = "done" if reply.status < 400 else "error"
-        return response
 
     async def _streamed(
         self,
@@ -307,11 +238,11 @@ class Relay:
         )
         status = reply.status
         self._answered(backend, exchange, status)
-        headers = _headers(reply)
+        headers = headers_of(reply)
         if status != 200:
             # An error answer, read whole by the lane: sent as one.
             lane.finish(stream)
-            return await self._send_reply(request, exchange, reply, headers)
+            return await send_reply(request, exchange, reply, headers)
         response = web.StreamResponse(status=status, reason=reply.reason, headers=headers)
         chunks = exchange.chunks
         watchdog = self.watchdog
@@ -390,9 +321,9 @@ class Relay:
                 if spliced:
                     await relay_spliced(request, response, exchange, upstream)
                 elif isinstance(response, web.Response):
-                    await self._copy_whole(request, response, exchange, upstream)
+                    await copy_whole(request, response, exchange, upstream)
                 else:
-                    await self._copy(request, response, exchange, upstream)
+                    await copy_stream(request, response, exchange, upstream)
                 if (
                     exchange.marked_end
                     and streaming
@@ -443,62 +374,7 @@ class Relay:
     ) -> None:
         exchange.outcome, exchange.error = "error", broken.message
         self.errors[exchange.backend or "", broken.kind] += 1
-        await self._end_broken(request, response, exchange, broken.message, fixed_length)
-
-    async def _copy(
-        self,
-        request: web.Request,
-        response: web.StreamResponse,
-        exchange: Exchange,
-        upstream: aiohttp.ClientResponse,
-    ) -> None:
-        read = upstream.content.readany
-        chunk = await read()
-        await response.prepare(request)
-        exchange.first_byte = time.monotonic()
-        write = response.write
-        chunks = exchange.chunks
-        append = chunks.append
-        while chunk:
-            append(chunk)
-            await write(chunk)
-            chunk = await read()
-
-    @staticmethod
-    async def _copy_whole(
-        request: web.Request,
-        response: web.Response,
-        exchange: Exchange,
-        upstream: aiohttp.ClientResponse,
-    ) -> None:
-        body = await upstream.read()
-        exchange.first_byte = time.monotonic()
-        exchange.chunks.append(body)
-        response.body = body
-        await response.prepare(request)
-
-    async def _end_broken(
-        self,
-        request: web.Request,
-        response: web.StreamResponse,
-        exchange: Exchange,
-        message: str,
-        fixed_length: bool,
-    ) -> None:
-        log.warning("%s %s on %s: %s", request.method, request.path, exchange.backend, message)
-        if isinstance(response, web.Response) and not response.prepared:
-            # A whole answer is sent only once it is all in: nothing has gone out yet,
-            # so the client gets a plain 502 rather than a cut connection.
-            raise UpstreamError(message)
-        if not response.prepared:
-            await response.prepare(request)
-        content_type = response.headers.get("Content-Type", "")
-        if fixed_length or not content_type.startswith(STREAMING_TYPES):
-            # A body with a fixed length cannot carry an error line; cutting the
-            # connection is the only honest signal left.
-            if request.transport is not None:
-                request.transport.close()
-            return
-        with contextlib.suppress(ConnectionResetError):
-            await response.write(stream_error_line(message, exchange.shape, sse=exchange.sse))
-            await response.write_eof()
+        log.warning(
+            "%s %s on %s: %s", request.method, request.path, exchange.backend, broken.message
+        )
+        await end_broken(request, response, exchange, broken.message, fixed_length)

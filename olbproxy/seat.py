@@ -55,7 +55,7 @@ def with_pins(body: dict[str, Any], pins: PinnedOptions) -> dict[str, Any] | Non
 
 
 class Seat:
-    """A model request's slot, where the planner says (relay.Placement)."""
+    """A model request's slot, where the planner says (attempt.Placement)."""
 
     __slots__ = ("exchange", "group", "interactive", "model", "planner", "ticket", "user")
 
