@@ -11,7 +11,7 @@ The package reads in the order a request travels:
     placement.py   which instance of the group (prompt.py, rates.py), admission.py, pool.py
     upstream.py    every request to an instance; relay.py and splice.py stream the answer
                    (attempt.py: what each try is given; answer.py: how it goes out;
-                   lane.py: the proxy's own keep-alive connections, httptools' parser)
+                   lane.py, connection.py: the proxy's own keep-alive connections)
     exchange.py    the request's record, read once the answer has ended
     persistence/   rooms and messages, off the request path; store/ knows MongoDB
 

@@ -21,9 +21,9 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from olbproxy.connection import Reply
 from olbproxy.errors import UpstreamError, stream_error_line
 from olbproxy.exchange import Exchange
-from olbproxy.lane import Reply
 
 HOP_BY_HOP = frozenset(
     {

@@ -110,8 +110,9 @@ def test_only_the_store_knows_mongodb() -> None:
 
 # Names only aiohttp's internals have; splice.py's docstring lists the contracts.
 PRIVATE = {"set_parser", "pause_reading", "resume_reading", "total_bytes", "client_proto"}
-# The same two names are asyncio's documented ReadTransport API: lane.py pauses its own
-# sockets with them (splice.Splice asks it to, as it asks aiohttp's ResponseHandler).
+# The same two names are asyncio's documented ReadTransport API: the lane's connections
+# (connection.py) pause their own sockets with them (splice.Splice asks them to, as it
+# asks aiohttp's ResponseHandler).
 ASYNCIO_FLOW = {"pause_reading", "resume_reading"}
 
 
@@ -122,7 +123,7 @@ def test_only_the_splice_touches_aiohttp_internals() -> None:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute) and node.attr in PRIVATE:
-                if name == "olbproxy.lane" and node.attr in ASYNCIO_FLOW:
+                if name == "olbproxy.connection" and node.attr in ASYNCIO_FLOW:
                     continue  # asyncio's own transports there, no aiohttp object
                 found.append((name, node.attr, node.lineno))
             if isinstance(node, ast.ImportFrom) and node.module and "client_proto" in node.module:
