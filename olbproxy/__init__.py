@@ -15,9 +15,10 @@ The package reads in the order a request travels:
     exchange.py    the request's record, read once the answer has ended
     persistence/   rooms and messages, off the request path; store/ knows MongoDB
 
-Beside the path: metrics.py, status.py, lag.py, access.py, audit.py (what the operator
-sees), supervisor.py (background jobs), health.py and warmup.py (the instances), ui/
-(the web page) and simulator/ (Ollama's stand-in for tests, bench and demo).
+Beside the path: metrics.py (tallies.py, livestate.py), status.py, lag.py, access.py,
+audit.py (what the operator sees), supervisor.py (background jobs), health.py and
+warmup.py (the instances), ui/ (the web page) and simulator/ (Ollama's stand-in for
+tests, bench and demo).
 """
 
 __version__ = "0.1.0"

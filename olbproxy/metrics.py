@@ -1,4 +1,4 @@
-"""Metrics: every Prometheus metric of olbproxy, named in this one module.
+"""Metrics: every Prometheus metric of olbproxy, named here and in livestate.py.
 
 Two kinds, and neither touches the stream while tokens flow:
 
@@ -7,11 +7,11 @@ Two kinds, and neither touches the stream while tokens flow:
   These are tallies in plain dicts and lists, exposed by a custom collector
   (tallies.py), not prometheus_client's own counters and histograms: those cost ~20 µs
   of the event loop per small request.
-* **Live state**, read when Prometheus scrapes (``LiveState``): in-flight requests and
-  slots per backend, health, queue depth, upstream errors (``Relay.errors``),
-  placement's decisions and what it has learned (``Planner``), and the optional
-  sources other parts of the proxy offer (authentication failures, the persistence
-  backlog), each passed in as a callable.
+* **Live state**, read when Prometheus scrapes (``LiveState``, livestate.py): in-flight
+  requests and slots per backend, health, queue depth, upstream errors
+  (``Relay.errors``), placement's decisions and what it has learned (``Planner``), and
+  the optional sources other parts of the proxy offer (authentication failures, the
+  persistence backlog), each passed in as a callable.
 
 Every metric lives in the app's own ``CollectorRegistry``: a process may hold several
 apps (tests do), and the global default registry would refuse the second one.
@@ -26,17 +26,16 @@ prometheus_client did: that is only safe because the sets are bounded.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.aiohttp import make_aiohttp_handler
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
 
 from olbproxy.config import parse_listen
 from olbproxy.edge import Access, Route, route
 from olbproxy.exchange import Exchange
+from olbproxy.livestate import AuthFailures, Backlog, LiveState
 from olbproxy.placement import Planner
 from olbproxy.pool import Pool
 from olbproxy.routing import normalise_model
@@ -62,11 +61,6 @@ LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 THROUGHPUT_BUCKETS = (1, 2, 5, 10, 20, 30, 40, 50, 60, 80, 100, 150, 200, 300, 500, 1000, 5000)
 # The proxy's own stalls: a millisecond is noticed, 50 ms is a problem for every stream.
 LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
-
-# Optional sources, read at scrape time. Auth failures by reason (the authenticator's
-# Counter); the persistence backlog by stage, e.g. {"queue": 3, "spool": 120}.
-AuthFailures = Callable[[], Mapping[str, int]]
-Backlog = Callable[[], Mapping[str, float]]
 
 
 class Metrics:
@@ -294,152 +288,3 @@ def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
-
-
-class LiveState:
-    """A custom collector: the pool's live state and the optional sources, read at scrape."""
-
-    def __init__(
-        self,
-        pool: Pool,
-        upstream_errors: Mapping[tuple[str, str], int],
-        *,
-        auth_failures: AuthFailures | None = None,
-        backlog: Backlog | None = None,
-        planner: Planner | None = None,
-    ) -> None:
-        self.pool = pool
-        self.upstream_errors = upstream_errors
-        self.auth_failures = auth_failures
-        self.backlog = backlog
-        self.planner = planner
-
-    def describe(self) -> list[Metric]:
-        return list(self._families().values())
-
-    def collect(self) -> Iterator[Metric]:
-        families = self._families()
-        in_flight, slots, up, waiting, capacity = (
-            families[name] for name in ("in_flight", "slots", "up", "waiting", "capacity")
-        )
-        for group in self.pool.groups.values():
-            # A backend listed in two groups is shown under both.
-            for backend in group.backends:
-                labels = (group.name, backend.label)
-                in_flight.add_metric(labels, backend.in_flight)
-                slots.add_metric(labels, backend.slots)
-                up.add_metric(labels, 1 if backend.healthy else 0)
-            waiting.add_metric((group.name,), group.admission.waiting)
-            capacity.add_metric((group.name,), group.settings.queue_size)
-        errors = families["upstream_errors"]
-        for (backend_label, kind), count in sorted(self.upstream_errors.items()):
-            errors.add_metric((backend_label, kind), count)
-        if self.auth_failures is not None:
-            for reason, count in sorted(self.auth_failures().items()):
-                families["auth_failures"].add_metric((reason,), count)
-        if self.backlog is not None:
-            for stage, records in sorted(self.backlog().items()):
-                families["backlog"].add_metric((stage,), records)
-        if self.planner is not None:
-            self._placement(self.planner, families)
-        yield from families.values()
-
-    @staticmethod
-    def _placement(
-        planner: Planner, families: dict[str, GaugeMetricFamily | CounterMetricFamily]
-    ) -> None:
-        for (group, reason), count in sorted(planner.placements.items()):
-            families["placements"].add_metric((group, reason), count)
-        for (group, backend), seconds in sorted(planner.prefill_seconds.items()):
-            families["prefill"].add_metric((group, backend), seconds)
-        for (group, backend), seconds in sorted(planner.saved_seconds.items()):
-            families["saved"].add_metric((group, backend), seconds)
-        for (group, backend), count in sorted(planner.loads_ahead.items()):
-            families["ahead"].add_metric((group, backend), count)
-        for backend, model, rates in planner.learned.table():
-            for phase, estimate in (("prefill", rates.prefill), ("decode", rates.decode)):
-                if (value := estimate.value) is not None:
-                    families["rates"].add_metric((backend, model, phase), value)
-            if (load := rates.load.value) is not None:
-                families["load"].add_metric((backend, model), load)
-
-    @staticmethod
-    def _families() -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
-        backend = ("group", "backend")
-        return {
-            "in_flight": GaugeMetricFamily(
-                "olbproxy_backend_in_flight",
-                "Model requests running on the backend now (taken slots).",
-                labels=backend,
-            ),
-            "slots": GaugeMetricFamily(
-                "olbproxy_backend_slots",
-                "Concurrent requests the backend takes per model (the group's slots).",
-                labels=backend,
-            ),
-            "up": GaugeMetricFamily(
-                "olbproxy_backend_up",
-                "1 while the backend is in rotation, 0 while health checks fail.",
-                labels=backend,
-            ),
-            "waiting": GaugeMetricFamily(
-                "olbproxy_queue_depth",
-                "Model requests waiting for a free slot in the group.",
-                labels=("group",),
-            ),
-            "capacity": GaugeMetricFamily(
-                "olbproxy_queue_capacity",
-                "Requests the group's queue holds before answering 503 (queue_size).",
-                labels=("group",),
-            ),
-            "upstream_errors": CounterMetricFamily(
-                "olbproxy_upstream_errors",
-                "Backend failures by kind: connect, reset, busy, timeout, idle_timeout, "
-                "stream_broken, other.",
-                labels=("backend", "kind"),
-            ),
-            "auth_failures": CounterMetricFamily(
-                "olbproxy_auth_failures",
-                "Refused credentials by reason.",
-                labels=("reason",),
-            ),
-            "backlog": GaugeMetricFamily(
-                "olbproxy_persistence_backlog",
-                "Exchange records not yet in MongoDB, by stage (queue: in memory, "
-                "spool: on disk waiting for replay).",
-                labels=("stage",),
-            ),
-            "placements": CounterMetricFamily(
-                "olbproxy_placements",
-                "Model requests placed on an instance, by why it was that one: sticky, "
-                "prefix, resident, round_robin, cold, fallback_busy.",
-                labels=("group", "reason"),
-            ),
-            "prefill": CounterMetricFamily(
-                "olbproxy_prefill_seconds",
-                "Seconds the instances spent evaluating prompts (prompt_eval_duration).",
-                labels=("group", "backend"),
-            ),
-            "saved": CounterMetricFamily(
-                "olbproxy_prefill_saved_seconds",
-                "Prompt evaluation the instances' caches saved, estimated: every prompt "
-                "token at the learned rate, less the time actually spent.",
-                labels=("group", "backend"),
-            ),
-            "ahead": CounterMetricFamily(
-                "olbproxy_loads_ahead",
-                "Models loaded on an idle instance because every warm one was busy.",
-                labels=("group", "backend"),
-            ),
-            "rates": GaugeMetricFamily(
-                "olbproxy_learned_tokens_per_second",
-                "What placement has learned an instance does per model: phase=prefill "
-                "(uncached prompt tokens) and phase=decode.",
-                labels=("backend", "model", "phase"),
-            ),
-            "load": GaugeMetricFamily(
-                "olbproxy_learned_load_seconds",
-                "What placement has learned a cold load of the model takes on the instance.",
-                labels=("backend", "model"),
-            ),
-        }

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from olbproxy.catalog import Catalog
 from olbproxy.edge import Route, route
-from olbproxy.metrics import Backlog
+from olbproxy.livestate import Backlog
 from olbproxy.pool import Backend, Pool
 
 PATH = "/api/olbproxy/status"
