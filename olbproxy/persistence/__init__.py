@@ -6,6 +6,7 @@
     pace.py       whether recording waits, so that a busy relay keeps its cores
     worker.py     the recording process (python -m olbproxy.persistence.worker)
     recorder.py   the pipeline: queue -> writer -> MongoDB, spooling to disk when it cannot
+    batch.py      records written to the store together, as filing planned them
     record.py     one finished exchange as persistence keeps it (and its spool line)
     history.py    what a request says about its room: history hashes, titles, new input
     filing.py     which room each record goes to, and in which position

@@ -13,7 +13,7 @@
   to a deque. Nothing on the request path waits for MongoDB or the disk.
 * The writer takes up to ``store.batch_size`` exchanges (lingering ~50 ms for a batch to
   gather), builds their records (record.py: the chunks are parsed here, once), files
-  them into rooms (filing.py) and writes them with three bulk operations.
+  them into rooms (filing.py) and writes them with three bulk operations (batch.py).
 * When a write fails, or the queue is full, the recorder starts *spooling*: what is
   still in memory goes to the spill, oldest first, then to the spool file, and so does
   every new record until the spool is empty again. Records thus reach MongoDB in the
@@ -33,20 +33,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
 
 from olbproxy.errors import ProxyError, Unavailable
 from olbproxy.exchange import Exchange
-from olbproxy.persistence.filing import Filing, Plan
+from olbproxy.persistence.batch import write, write_replayed
+from olbproxy.persistence.filing import Filing
 from olbproxy.persistence.history import RECORDED
 from olbproxy.persistence.record import Record, record_of
 from olbproxy.persistence.spool import Spool
 from olbproxy.settings import StoreSettings
-from olbproxy.store import Room, Store
+from olbproxy.store import Store
 from olbproxy.supervisor import Supervisor
 
 log = logging.getLogger("olbproxy.persistence.recorder")
@@ -236,7 +235,7 @@ class Recorder:
                 if record is not None:
                     records.append(record)
                 await asyncio.sleep(0)  # a big batch must not hold streams up
-            await self._write(records, replay=False)
+            await write(self.store, self.filing, records, replay=False)
             self.stats["written"] += len(records)
         except (Exception, asyncio.CancelledError) as exc:
             if not isinstance(exc, ProxyError | asyncio.CancelledError):
@@ -252,34 +251,6 @@ class Recorder:
             self._in_flight = 0
             self._settled.set()
             self._progress.set()
-
-    async def _write(self, records: Sequence[Record], *, replay: bool) -> None:
-        plan = await self.filing.plan(records, replay=replay)
-        rooms, taken = await self._open_rooms(plan)
-        if await self.filing.clashes(plan, taken):
-            # Planned again, the room ids taken by someone else are known to be theirs.
-            plan = await self.filing.plan(records, replay=replay)
-            rooms, taken = await self._open_rooms(plan)
-        await self.store.messages.add(plan.messages)
-        steps = plan.steps
-        fresh = {room.id for room in rooms} - taken
-        await self.store.rooms.advance([s for room_id, s in steps.items() if room_id not in fresh])
-        self.filing.commit(plan)
-
-    async def _open_rooms(self, plan: Plan) -> tuple[list[Room], set[str]]:
-        # A room opened by this batch is inserted with its progress already in it, so
-        # only rooms that existed before need a second write (most conversations in a
-        # batch are new: one insert per room instead of an upsert and an update).
-        steps = plan.steps
-        rooms = [
-            dataclasses.replace(
-                room, turns=step.turns, updated_at=step.updated_at, served=step.served
-            )
-            if (step := steps.get(room.id)) is not None
-            else room
-            for room in plan.rooms
-        ]
-        return rooms, await self.store.rooms.open(rooms)
 
     def _record(self, item: Item) -> Record | None:
         if isinstance(item, Record):
@@ -382,7 +353,7 @@ class Recorder:
                 await self._progress.wait()
                 continue
             records = await self._decode(batch.lines)
-            await self._replay_batch(records)
+            await write_replayed(self.store, self.filing, self.spool, self.stats, records)
             await self.spool.ack(batch)
             replayed += len(records)
             self.stats["replayed"] += len(records)
@@ -400,26 +371,3 @@ class Recorder:
             self.stats["rejected"] += len(bad)
             await self.spool.reject(bad)
         return records
-
-    async def _replay_batch(self, records: list[Record]) -> None:
-        try:
-            await self._write(records, replay=True)
-            return
-        except Unavailable:
-            raise
-        except Exception as exc:
-            log.warning("persistence: MongoDB refused a replayed batch (%s); isolating", exc)
-        # The database answers but refuses something: find what, set it aside, go on.
-        for record in records:
-            try:
-                await self._write([record], replay=True)
-            except Unavailable:
-                raise
-            except Exception as exc:
-                log.error(
-                    "persistence: record %s refused (%s); set aside in the spool's rejected file",
-                    record.id,
-                    exc,
-                )
-                self.stats["rejected"] += 1
-                await self.spool.reject([record.line()])
