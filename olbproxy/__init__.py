@@ -8,7 +8,8 @@ The package reads in the order a request travels:
     body.py        the body, read once as Ollama reads it (aliases.py: the one rewrite)
     routing.py     model -> group
     api.py         thin handlers (catalog.py, management.py beside them)
-    placement.py   which instance of the group (prompt.py, rates.py), admission.py, pool.py
+    placement.py   which instance of the group (options.py, prompt.py, rates.py),
+                   admission.py, pool.py
     upstream.py    every request to an instance; relay.py and splice.py stream the answer
                    (attempt.py: what each try is given; answer.py: how it goes out;
                    lane.py, connection.py: the proxy's own keep-alive connections)

@@ -37,6 +37,7 @@ from olbproxy.lag import GcPauses, LoopLag
 from olbproxy.lane import Lane
 from olbproxy.management import ModelManagement
 from olbproxy.metrics import Metrics
+from olbproxy.options import header
 from olbproxy.persistence.handoff import Handoff
 from olbproxy.persistence.placements import PlacementFeed
 from olbproxy.persistence.recorder import Recorder
@@ -82,16 +83,14 @@ PLACEMENT_FEED = web.AppKey("PLACEMENT_FEED", PlacementFeed)
 PLACEMENT_HEADER = "X-Olbproxy-Placement"
 
 
-def placement_on_prepare(
-    planner: Planner,
-) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
-    """``X-Olbproxy-Placement`` on model answers to admins (``placement.header``)."""
+def placement_on_prepare() -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """``X-Olbproxy-Placement`` on model answers to admins (``options.header``)."""
 
     async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
         exchange = request.get(EXCHANGE)
         if exchange is None or not principal_of(request).is_admin:
             return
-        value = planner.header(exchange)
+        value = header(exchange)
         if value is not None:
             response.headers[PLACEMENT_HEADER] = value
 
@@ -264,7 +263,7 @@ async def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(mark_started)
     app.on_response_prepare.append(cors_on_prepare(settings.origins))
     if settings.placement.header:
-        app.on_response_prepare.append(placement_on_prepare(planner))
+        app.on_response_prepare.append(placement_on_prepare())
 
     loop_lag = LoopLag(metrics.observe_lag)
     gc_pauses = GcPauses(metrics.observe_gc)

@@ -23,14 +23,7 @@ and the cheapest one wins. The terms come from what the instances have shown:
 Costs within ``TIE`` of the cheapest are a tie, broken by round-robin among the
 instances with a free slot, which is how unrelated new conversations still spread
 evenly and a cold instance (its load is in its cost) is taken only when no warm one
-could serve sooner. The reasons, counted by the metrics and kept on each record:
-
-    sticky         to the instance that served the exchange this one continues
-    prefix         to the instance holding the longest worthwhile prefix
-    resident       no prefix anywhere: round-robin among instances with the model loaded
-    cold           the model is loaded nowhere with a free slot worth taking: a load
-    fallback_busy  the instance with the prefix was busy and waiting cost more
-    round_robin    the group's placement is round_robin (the next free instance)
+could serve sooner. Each choice has a reason (options.py lists them).
 
 Waiting requests are placed by the same rule whenever a slot frees (admission.py asks
 ``choose`` again); a request that would rather wait while another instance is free asks
@@ -46,9 +39,9 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
 
 from olbproxy.exchange import Exchange
+from olbproxy.options import Decision, Option, Ticket
 from olbproxy.pool import Backend, Group, Pool
 from olbproxy.prefixes import PrefixIndex, Stamp
 from olbproxy.prompt import Prompt
@@ -58,45 +51,10 @@ from olbproxy.settings import PlacementSettings
 
 log = logging.getLogger("olbproxy.placement")
 
-REASONS = ("sticky", "prefix", "resident", "round_robin", "cold", "fallback_busy")
 MIN_PREFIX_TOKENS = 256  # a shorter shared prefix saves less than it would unbalance
 TIE = 0.15  # costs within 15 % of the cheapest are equal
 RECHECK = 0.5  # of the expected wait: when a request that chose to wait looks again
 BALANCE = 1.5  # work ratio beyond which a shared prefix no longer draws new conversations
-
-
-@dataclass(slots=True)
-class Ticket:
-    """A request running (or loading, or prefilling) on an instance."""
-
-    exchange: Exchange
-    model: str
-    started: float  # monotonic, when the slot was taken
-    before: float  # seconds expected before its first token (load + prefill)
-    answer_tokens: float
-    work: float = 0.0  # seconds of work it is expected to take, counted while it runs
-
-
-@dataclass(slots=True)
-class Option:
-    backend: Backend
-    cost: float
-    wait: float
-    cached: float  # tokens
-    kind: str  # sticky, prefix or ""
-    free: bool
-    resident: bool
-    loading: bool = False  # not resident, but a load is under way
-
-
-@dataclass(slots=True)
-class Decision:
-    """What ``Planner.choose`` decided for one request at one moment."""
-
-    backend: Backend | None  # None: wait
-    reason: str = ""
-    option: Option | None = None  # the chosen one, or the one worth waiting for
-    recheck: float | None = None  # seconds until a fresh look, when waiting by choice
 
 
 class Planner:
@@ -417,13 +375,3 @@ class Planner:
                 self.index.remember(key, label)
                 count += 1
         return count
-
-    def header(self, exchange: Exchange) -> str | None:
-        """The ``X-Olbproxy-Placement`` value: the decision in a few words."""
-        placed = exchange.placed
-        if placed is None or not placed.reason:
-            return None
-        return (
-            f"{placed.reason}; backend={exchange.backend}; "
-            f"cached_tokens={placed.cached_tokens:.0f}; queued={exchange.queue_wait:.3f}s"
-        )

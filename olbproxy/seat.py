@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 
 from olbproxy.exchange import Exchange, Placed
-from olbproxy.placement import Planner, Ticket
+from olbproxy.options import Ticket
+from olbproxy.placement import Planner
 from olbproxy.pool import Backend, Group, SlotPlacement
 from olbproxy.prompt import prompt_of
 from olbproxy.settings import PinnedOptions

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from olbproxy.exchange import Exchange, Placed
-from olbproxy.placement import Decision, Planner
+from olbproxy.options import Decision
+from olbproxy.placement import Planner
 from olbproxy.pool import Backend, Group, Pool
 from olbproxy.prompt import Prompt, prompt_of
 from olbproxy.rates import Learned, Sample
