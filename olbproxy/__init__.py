@@ -7,7 +7,7 @@ The package reads in the order a request travels:
     auth/          credentials -> Principal
     body.py        the body, read once as Ollama reads it (aliases.py: the one rewrite)
     routing.py     model -> group
-    api.py         thin handlers (catalog.py, management.py beside them)
+    api.py         thin handlers (catalog.py, management.py, instance.py beside them)
     placement.py   which instance of the group (options.py, prompt.py, rates.py),
                    admission.py, pool.py
     upstream.py    every request to an instance; relay.py and splice.py stream the answer

@@ -1,13 +1,12 @@
-"""The Ollama API as clients see it: every route, each handler thin.
+"""The Ollama API as clients see it: its routes, each handler thin.
 
 Model requests (generate, chat, embed, the OpenAI-compatible ``/v1`` ones) take a
 slot on one backend of the model's group; metadata requests (show) go round-robin
 without a slot; answers about all backends come from the catalog; load and unload
 requests go to every backend of the group; model management lives in
 management.py. Ollama's account and experimental routes, and paths of a newer Ollama
-listed in ``routes.extra``, are off unless the configuration enables them; enabled, they
-go to one named instance (``routes.instance``) or, for extra routes that name a model,
-to that model's group.
+listed in ``routes.extra``, are instance.py's (off unless the configuration enables
+them).
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ from olbproxy.edge import MATCH, PATH_SAFE, Route, route, upstream_path
 from olbproxy.errors import ProxyError, Unavailable, UpstreamError
 from olbproxy.exchange import EXCHANGE, Exchange, final_counters
 from olbproxy.placement import Planner
-from olbproxy.pool import Backend, FixedPlacement, Group, Pool, RotatePlacement
+from olbproxy.pool import Group, Pool, RotatePlacement
 from olbproxy.relay import Relay
 from olbproxy.routing import Router, normalise_model
 from olbproxy.seat import seat
@@ -70,20 +69,6 @@ MODEL_ENDPOINTS = (
 # Token streams whose end Ollama marks in the answer itself (done:true, [DONE]), which is
 # what a spliced stream needs to tell a finished answer from a dead backend (splice.py).
 MARKED_END = frozenset({"/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions"})
-
-
-# Ollama's routes that act on an instance's ollama.com identity or reach the internet:
-# off unless the configuration enables them (RoutesSettings).
-ACCOUNT_ROUTES = (
-    ("/api/me", ("POST",)),
-    ("/api/signout", ("POST",)),
-    ("/api/user/keys/{key}", ("DELETE",)),
-)
-EXPERIMENTAL_ROUTES = (
-    ("/api/experimental/web_search", ("POST",)),
-    ("/api/experimental/web_fetch", ("POST",)),
-    ("/api/experimental/model-recommendations", ("GET",)),
-)
 
 
 class OllamaApi:
@@ -128,23 +113,6 @@ class OllamaApi:
         ]
         for path in MODEL_ENDPOINTS:
             table += route(path, "POST", model)
-        return table + self._configured_routes()
-
-    def _configured_routes(self) -> list[Route]:
-        """Account, experimental and extra routes, as the configuration enables them."""
-        config = self.settings.routes
-        table: list[Route] = []
-        fixed: list[tuple[str, tuple[str, ...]]] = []
-        if config.account:
-            fixed += ACCOUNT_ROUTES
-        if config.experimental:
-            fixed += EXPERIMENTAL_ROUTES
-        refusal = "this route acts for the whole server: it is for admins"
-        for path, methods in fixed:
-            table += route(path, methods, self.instance_request, "admin", refusal=refusal)
-        for extra in config.extra:
-            handler = self._extra_by_model if extra.model else self.instance_request
-            table += route(extra.path, extra.methods, handler, extra.access, refusal=refusal)
         return table
 
     async def read(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
@@ -380,46 +348,3 @@ class OllamaApi:
             raise UpstreamError(f"no backend of group {group.name!r} answered: {results[0]!r}")
         status, content_type, body = chosen
         return web.Response(status=status, body=body, headers={"Content-Type": content_type})
-
-    # -- routes the configuration enables -------------------------------------------
-
-    async def instance_request(self, request: web.Request) -> web.StreamResponse:
-        """Account, experimental and model-less extra routes: one named instance only."""
-        backend = self._instance()
-        body: bytes | None = None
-        if request.body_exists:
-            body = await request.read()  # within max_body_bytes (client_max_size)
-        longest = max((g.first_byte_timeout for g in self.settings.groups), default=600.0)
-        return await self.relay.forward(
-            request,
-            Exchange(endpoint=request[MATCH].route.path),
-            FixedPlacement([backend]),
-            path=upstream_path(request),
-            body=body,
-            deadlines=Deadlines(first_byte=longest),
-        )
-
-    def _instance(self) -> Backend:
-        url = self.settings.routes.instance
-        if url is None:
-            url = next((g.endpoints[0] for g in self.settings.groups if g.endpoints), None)
-        backend = self.pool.backends.get(url) if url is not None else None
-        if backend is None:
-            raise Unavailable("no instance is configured for this route (routes.instance)")
-        return backend
-
-    async def _extra_by_model(self, request: web.Request) -> web.StreamResponse:
-        """An extra route whose JSON body names a model: that model's group, if allowed."""
-        raw, data = await self.read(request)
-        model = model_of(data, legacy_name=True)
-        group = self.group_for(request, model)
-        gs = group.settings
-        return await self.relay.forward(
-            request,
-            Exchange(endpoint=request[MATCH].route.path, model=model, group=group.name),
-            RotatePlacement(group),
-            path=upstream_path(request),
-            body=raw,
-            deadlines=Deadlines(first_byte=gs.first_byte_timeout, idle=gs.idle_timeout),
-            attempts=gs.max_attempts,
-        )

@@ -33,6 +33,7 @@ from olbproxy.edge import (
 )
 from olbproxy.exchange import EXCHANGE, new_id
 from olbproxy.health import HealthChecker
+from olbproxy.instance import InstanceRoutes
 from olbproxy.lag import GcPauses, LoopLag
 from olbproxy.lane import Lane
 from olbproxy.management import ModelManagement
@@ -246,6 +247,7 @@ async def create_app(settings: Settings) -> web.Application:
     app[STATUS] = status
     routes += status.routes()
     routes += api.routes()
+    routes += InstanceRoutes(api).routes()
     routes += management.routes()
 
     # The web page (/ui/): static files, public; it calls the API like any client.
