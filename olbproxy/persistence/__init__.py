@@ -3,6 +3,7 @@
     recording.py  what the proxy asks of persistence, whichever side records
     handoff.py    the relay's side: each finished exchange handed to the recording process
     frame.py      one finished exchange as it travels there
+    overflow.py   frames on disk while the recording process cannot take them
     pace.py       whether recording waits, so that a busy relay keeps its cores
     worker.py     the recording process (python -m olbproxy.persistence.worker)
     recorder.py   the pipeline: queue -> writer -> MongoDB, spooling to disk when it cannot

@@ -35,6 +35,11 @@ class FrameError(ValueError):
     """Bytes that are not a frame."""
 
 
+def resent(frame: bytes) -> bytes:
+    """The same frame, marked ``RESENT``."""
+    return bytes((RESENT,)) + frame[1:]
+
+
 def encode(exchange: Exchange, kind: int = NEW) -> bytes:
     """The frame of a finished exchange."""
     body = exchange.request_body

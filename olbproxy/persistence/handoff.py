@@ -7,7 +7,7 @@ of its own (``store.recorder: process``, worker.py).
                                      │ kept until the process reports it settled
                                      │ queue_bytes of frames unsettled already:
                                      ▼
-                                   overflow (disk, fsync'd: spool_dir/handoff) ─► pipe, later
+                                   overflow.py (disk, fsync'd: spool_dir/handoff) ─► pipe, later
 
 * ``observe`` encodes one frame (frame.py) and queues it for the pipe; the frames of a
   loop turn go out in one write. Nothing on the request path waits for the process,
@@ -46,10 +46,11 @@ from typing import Any
 from olbproxy.errors import StartupError
 from olbproxy.exchange import Exchange
 from olbproxy.persistence.filing import Filing
-from olbproxy.persistence.frame import RESENT, encode, forget
+from olbproxy.persistence.frame import encode, forget, resent
 from olbproxy.persistence.history import RECORDED
+from olbproxy.persistence.overflow import OVERFLOW, UNLOAD, keep_for_the_next_start
 from olbproxy.persistence.pace import PACE, Pace
-from olbproxy.persistence.spool import Batch, Spool
+from olbproxy.persistence.spool import Spool
 from olbproxy.persistence.worker import LENGTH
 from olbproxy.settings import Settings
 from olbproxy.store import Store
@@ -59,12 +60,6 @@ log = logging.getLogger("olbproxy.persistence.handoff")
 
 WORKER = (sys.executable, "-m", "olbproxy.persistence.worker")
 START_SECONDS = 30.0  # for the process to import, open its spool and say it is ready
-OVERFLOW = "handoff"  # the overflow's directory, inside store.spool_dir
-UNLOAD = 1024  # frames per read from the overflow (each acknowledgement is an fsync)
-
-
-def resent(frame: bytes) -> bytes:
-    return bytes((RESENT,)) + frame[1:]
 
 
 class Handoff:
@@ -254,43 +249,14 @@ class Handoff:
             process.cancel()
             await asyncio.wait([process])
         self._closed = True
+        self._unsettled_bytes = 0  # the unsettled frames go to the overflow, just below
         try:
-            await self._keep_for_the_next_start()
+            await keep_for_the_next_start(self.overflow, self._unsettled, self._held)
         except OSError as exc:
             log.error(
                 "persistence: records lost: cannot write %s (%s)", self.overflow.directory, exc
             )
         await self.overflow.close()
-
-    async def _keep_for_the_next_start(self) -> None:
-        left = [base64.b64encode(resent(frame)) for frame in self._unsettled]
-        self._unsettled.clear()
-        self._unsettled_bytes = 0
-        if not left and not self._held:
-            return
-        waiting = Batch([], (0, 0))
-        if left and self.overflow.depth:
-            # The unsettled frames are older than what waits on disk already: they go
-            # before it (written again behind them, then the old copy acknowledged), so
-            # the next start files the turns of a conversation in order.
-            while len(waiting.lines) < self.overflow.depth:
-                more = await self.overflow.read(
-                    self.overflow.depth, after=waiting if waiting.lines else None
-                )
-                if not more.lines:
-                    break
-                waiting = Batch(waiting.lines + more.lines, more.end)
-        left += waiting.lines
-        left += [base64.b64encode(frame) for frame in self._held]
-        self._held.clear()
-        await self.overflow.append(left)
-        if waiting.lines:
-            await self.overflow.ack(waiting)
-        log.warning(
-            "persistence: %d records wait in %s for the next start",
-            self.overflow.depth,
-            self.overflow.directory,
-        )
 
     # -- the recording process ---------------------------------------------------------------
 
