@@ -36,6 +36,7 @@ and ``Planner.remember`` takes placements other proxies recorded with their room
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable
@@ -55,6 +56,9 @@ MIN_PREFIX_TOKENS = 256  # a shorter shared prefix saves less than it would unba
 TIE = 0.15  # costs within 15 % of the cheapest are equal
 RECHECK = 0.5  # of the expected wait: when a request that chose to wait looks again
 BALANCE = 1.5  # work ratio beyond which a shared prefix no longer draws new conversations
+
+
+_COST = operator.attrgetter("cost")  # C-level: min() calls no Python per option
 
 
 class Planner:
@@ -104,7 +108,7 @@ class Planner:
         sticky = next((o for o in options if o.kind == "sticky" and o.free), None)
         if sticky is not None:
             return Decision(sticky.backend, "sticky", sticky)
-        best = min(options, key=lambda o: o.cost)
+        best = min(options, key=_COST)
         if not best.free:
             # Waiting is cheapest: re-reading a prompt elsewhere would also take GPU time
             # from everyone else, so a free instance must be cheaper, not about as cheap.
@@ -198,6 +202,7 @@ class Planner:
             if (continued := prompt.continued) is not None:
                 sticky = {b for b, s in self.index.served(continued).items() if valid(b, s)}
         total = prompt.size * per_byte if prompt is not None else 0.0
+        loading, prefill_rate = self.loading, self.learned.prefill
         options = []
         for backend in backends:
             label = backend.label
@@ -211,10 +216,10 @@ class Planner:
                 if resident
                 else [t.started for t in self.tickets.get(label, ()) if t.model == model]
             )
-            ahead = self.loading.get((label, model))
+            ahead = loading.get((label, model)) if loading else None
             if ahead is not None:
                 if resident or now - ahead > 3 * load + 1.0:
-                    del self.loading[label, model]  # done (or given up on)
+                    del loading[label, model]  # done (or given up on)
                 elif not resident:
                     running.append(ahead)
             if running and not resident:
@@ -232,10 +237,10 @@ class Planner:
                     cached, kind = 0.0, ""
             free = backend.has_slot(model)
             wait = 0.0 if free else self._wait(backend, model, me, now)
-            prefill = max(total - cached, 0.0) / self.learned.prefill(label, model)
+            prefill = (total - cached if total > cached else 0.0) / prefill_rate(label, model)
             cost = wait + load + prefill
-            loading = bool(running) and not resident
-            options.append(Option(backend, cost, wait, cached, kind, free, resident, loading))
+            underway = bool(running) and not resident
+            options.append(Option(backend, cost, wait, cached, kind, free, resident, underway))
         return options
 
     def _next(self, group: Group, model: str, free: list[Option]) -> Option:
