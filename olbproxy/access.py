@@ -52,9 +52,10 @@ _ATTEMPT: web.RequestKey[tuple[str, str]] = web.RequestKey("access_attempt")
 
 # Characters that make a value need quoting: whitespace, quotes, '=' and backslashes.
 _SPECIAL = frozenset(' \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0"=\\')
-# A value of printable ASCII without those is written as it is: one C-speed match. The
-# character-by-character set test it replaces was half of an access line's cost
-# (callgrind: 51,000 instructions for a line's 20 fields, the line in all 85,000).
+# A value of printable ASCII without those is written as it is: one C-speed match
+# instead of a set test per character. (Joining the line's 20 fields is about 51,000 of
+# the line's 85,000 instructions under callgrind; the match did not change that count,
+# the comprehension below made it a third faster in time.)
 _PLAIN_ASCII = re.compile(rf"[\x21\x23-\x3c\x3e-\x5b\x5d-\x7e]{{1,{_VALUE_MAX}}}")
 
 
