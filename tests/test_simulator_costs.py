@@ -104,7 +104,9 @@ async def test_a_busy_instance_makes_the_next_request_wait_for_its_slot(
     # One of the two waited for the other's whole answer; neither paid a load for it.
     # (On a loaded machine the second may reach it some tens of ms after the first.)
     assert seconds(waited) >= 0.05
-    assert all(seconds(r[1]["load_duration"]) < 0.5 for r in results)
+    # Counted, not timed: a load_duration under a bound failed once on a loaded machine
+    # (a stall of the test's own loop), where the cost model had loaded nothing.
+    assert sim.costs is not None and sim.costs.stats.cold_loads == 1  # the warm-up's
 
 
 async def test_other_runner_options_force_a_reload(start_sims: StartSims) -> None:
