@@ -111,6 +111,8 @@ ROWS: tuple[tuple[str, str, Cell], ...] = (
     ("gaps", "p99 ms (+ over direct)", gap_cell),
     ("whole", "requests/s (x minimal)", whole_cell),
     ("whole", "CPU per request (x minimal)", request_cpu_cell),
+    ("whole2", "requests/s (x minimal)", whole_cell),
+    ("whole3", "requests/s (x minimal)", whole_cell),
     ("idle", "RSS per idle stream", memory_cell),
 )
 
@@ -241,7 +243,7 @@ def profile_sections(results: Results) -> str:
             by_scenario.setdefault(m.scenario, []).append(m)
     parts: list[str] = []
     for scenario, measured in by_scenario.items():
-        unit = "request" if scenario == "whole" else "token"
+        unit = "request" if scenario.startswith("whole") else "token"
         loaded: dict[str, tuple[Profile, float]] = {}
         for m in measured:
             cost = m.cpu_us_per_answer if unit == "request" else m.cpu_us_per_token

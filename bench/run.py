@@ -51,7 +51,7 @@ ALIASES = {
     "b": ("a1000",),
     "c": ("ttft",),
     "d": ("gaps",),
-    "e": ("whole",),
+    "e": ("whole", "whole2", "whole3"),
     "f": ("idle",),
 }
 TEAMDAY = "teamday"  # issue 12's scenario: its own simulators and proxies (teamday.py)
@@ -205,7 +205,7 @@ def summary(m: Measurement) -> str:
     parts = []
     if m.tokens_per_s:
         parts.append(f"{m.tokens_per_s:,.0f} tokens/s")
-    if m.answers_per_s and m.scenario == "whole":
+    if m.answers_per_s and m.scenario.startswith("whole"):
         parts.append(f"{m.answers_per_s:,.0f} req/s")
     if m.cpu_us_per_answer is not None:
         parts.append(f"{m.cpu_us_per_answer:.0f} µs CPU/request")
