@@ -146,6 +146,10 @@ class Olbproxy(Target):
             "groups": [group],
             "auth": {"enabled": self.auth, "bcrypt_cost": 4, "registration": "open"},
             "metrics": {"enabled": self.metrics},
+            # A proxy started in the middle of the run reads back only recent placements:
+            # the default 6 h would be every room of the run's earlier targets (50,000 by
+            # the third round of "whole"), read while a later window measures the relay.
+            "placement": {"horizon": 120},
             "store": {
                 "backend": self.store,
                 "database": DATABASE,
