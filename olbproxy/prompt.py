@@ -60,11 +60,9 @@ def _text(value: Any) -> bytes:
     return b"j" + _dump(value) if value is not None else b"n"
 
 
-# Bodies come from JSON, so a mapping in them is a dict: isinstance(x, dict) is one C
-# check where isinstance(x, Mapping) goes through the ABC machinery on every message.
-
-
 def _message(message: Any) -> bytes:
+    # Bodies come from JSON, so a mapping in them is a dict: isinstance(x, dict) is one C
+    # check where isinstance(x, Mapping) goes through the ABC machinery on every message.
     if not isinstance(message, dict):
         return _text(message)
     head = str(message.get("role") or "").lower().encode() + b"\x00" + _text(message.get("content"))
