@@ -93,6 +93,7 @@ class Olbproxy(Target):
         self.notes: list[str] = []
         self.db: Child | None = None
         self.db_uri = ""
+        self.database = DATABASE  # one per start (``start``)
         self.port = 0
         self.config = work / "olbproxy.yaml"
         self._user_added = False
@@ -128,7 +129,7 @@ class Olbproxy(Target):
             self.store = "memory"
             self.note(f"persistence OFF: SecantusDB did not start ({error}); store.backend: memory")
             return
-        self.db_uri = f"mongodb://127.0.0.1:{port}/{DATABASE}?directConnection=true"
+        self.db_uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
 
     def _settings(self, backends: Backends) -> dict[str, Any]:
         group: dict[str, Any] = {
@@ -146,13 +147,9 @@ class Olbproxy(Target):
             "groups": [group],
             "auth": {"enabled": self.auth, "bcrypt_cost": 4, "registration": "open"},
             "metrics": {"enabled": self.metrics},
-            # A proxy started in the middle of the run reads back only recent placements:
-            # the default 6 h would be every room of the run's earlier targets (50,000 by
-            # the third round of "whole"), read while a later window measures the relay.
-            "placement": {"horizon": 120},
             "store": {
                 "backend": self.store,
-                "database": DATABASE,
+                "database": self.database,
                 # A spool of its own for each start: no replay of an earlier run's backlog.
                 "spool_dir": str(self.work / f"spool-{self.starts}"),
             },
@@ -208,6 +205,15 @@ class Olbproxy(Target):
             self._start_db()
         while True:
             self.starts += 1
+            if self.store == "mongodb":
+                # A database of its own for each start, as a fresh deployment has. Sharing
+                # one, a proxy started for a later scenario read back the placements of
+                # the earlier ones' rooms (item 19's start-up work: 53,000 rooms after the
+                # first round of "whole"), and SecantusDB took 0.69 of the two cores in
+                # the next round's window; a horizon of 120 s was not short enough on a
+                # host that ran the rounds a minute apart.
+                self.database = f"{DATABASE}_{self.starts}"
+                self.token, self._user_added = None, False
             self.port = free_port()
             self._write_config(backends)
             argv = [sys.executable, "-m", "olbproxy", "serve", "--config", str(self.config)]
@@ -227,8 +233,7 @@ class Olbproxy(Target):
             self.stop()
         self._check_metrics()
         if self.store == "mongodb":
-            # Earlier proxies may have written until they stopped: count from here.
-            self._written = self._messages() or 0
+            self._written = self._messages() or 0  # 0: the database is new
             self._recorded_before = 0.0  # a fresh process counts from zero
 
     def _degrade(self, why: str) -> bool:
@@ -408,7 +413,7 @@ class Olbproxy(Target):
                 self.db_uri, serverSelectionTimeoutMS=3000
             )
             try:
-                database = client[DATABASE]
+                database = client[self.database]
                 return {
                     name: database[name].estimated_document_count()
                     for name in sorted(database.list_collection_names())
