@@ -35,6 +35,7 @@ and ``Planner.remember`` takes placements other proxies recorded with their room
 
 from __future__ import annotations
 
+import bisect
 import logging
 import operator
 import time
@@ -186,7 +187,14 @@ class Planner:
         per_byte = self.learned.tokens_per_byte(model)
         holders: dict[str, int] = {}
         sticky: set[str] = set()
-        if prompt is not None:
+        # Only a boundary worth MIN_PREFIX_TOKENS can make a prefix option (a sticky one
+        # is looked up by its own key): a small new chat, most requests, looks up nothing.
+        deep = (
+            bisect.bisect_left(prompt.sizes, MIN_PREFIX_TOKENS / max(per_byte, 1e-9))
+            if prompt is not None
+            else 0
+        )
+        if prompt is not None and (deep < len(prompt.sizes) or prompt.continues is not None):
             # A recorded stamp still holds where the model was not (re)loaded since and
             # less than cache_tokens of other prompts went through the instance after it.
             epochs = {b.label: b.epochs.get(model, 0) for b in backends}
@@ -198,7 +206,7 @@ class Planner:
                     return False  # not a candidate, or its model was (re)loaded since
                 return stamp.stored is None or stored[label, model] - stamp.stored <= limit
 
-            holders = self.index.holders(prompt, valid)
+            holders = self.index.holders(prompt, valid, deep)
             if (continued := prompt.continued) is not None:
                 sticky = {b for b, s in self.index.served(continued).items() if valid(b, s)}
         total = prompt.size * per_byte if prompt is not None else 0.0
@@ -226,7 +234,8 @@ class Planner:
                 # Loading for someone else already: only what is left of that load.
                 load = max(load - (now - min(running)), 0.0)
             cached, kind = 0.0, ""
-            if resident and prompt is not None:
+            if resident and (holders or sticky):
+                assert prompt is not None
                 if label in sticky and prompt.continues is not None:
                     cached, kind = prompt.sizes[prompt.continues] * per_byte, "sticky"
                 depth = holders.get(label)
@@ -248,21 +257,23 @@ class Planner:
         has worked least, then round-robin in the group's order (alike requests
         alternate, since each adds its work)."""
         order = group.backends
-        cursor = self._cursors.get((group.name, model), 0)
         n = max(len(order), 1)
-        work = self.work
-        chosen = (
-            free[0]
-            if len(free) == 1
-            else min(
-                free,
-                key=lambda o: (
-                    0 if o.resident else 1 if o.loading else 2,  # cold instances last
-                    work.get(o.backend.label, 0.0),
-                    (order.index(o.backend) - cursor) % n,
-                ),
-            )
-        )
+        if len(free) == 1:
+            chosen = free[0]
+        else:
+            cursor = self._cursors.get((group.name, model), 0)
+            work = self.work
+            # min() by (tier, work, distance from the cursor), written out: a key
+            # function building a tuple per option cost more than the rest of the choice.
+            chosen, best = free[0], (3, 0.0, n)
+            for option in free:
+                tier = 0 if option.resident else 1 if option.loading else 2  # cold last
+                done = work.get(option.backend.label, 0.0)
+                if tier > best[0] or (tier == best[0] and done > best[1]):
+                    continue
+                turn = (order.index(option.backend) - cursor) % n
+                if (tier, done, turn) < best:
+                    chosen, best = option, (tier, done, turn)
         self._cursors[group.name, model] = (order.index(chosen.backend) + 1) % n
         return chosen
 

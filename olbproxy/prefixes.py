@@ -56,10 +56,13 @@ class PrefixIndex:
         if backend not in self._entries.get(key, {}):
             self._put(key, backend, Stamp(None, None, True))
 
-    def holders(self, prompt: Prompt, valid: Callable[[str, Stamp], bool]) -> dict[str, int]:
-        """Each instance's deepest valid boundary of ``prompt`` (index into its hashes)."""
+    def holders(
+        self, prompt: Prompt, valid: Callable[[str, Stamp], bool], shallowest: int = 0
+    ) -> dict[str, int]:
+        """Each instance's deepest valid boundary of ``prompt`` (index into its hashes),
+        if it is at least ``shallowest``."""
         found: dict[str, int] = {}
-        for depth in range(len(prompt.hashes) - 1, -1, -1):
+        for depth in range(len(prompt.hashes) - 1, shallowest - 1, -1):
             entry = self._entries.get(prompt.hashes[depth])
             if not entry:
                 continue

@@ -23,7 +23,7 @@ at all, ``PRIORS``.
 
 from __future__ import annotations
 
-import statistics
+import bisect
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -44,24 +44,39 @@ ANSWERS = 50  # answer lengths kept per model: their mean is the typical answer
 DIFFERENT = 2.0
 
 
-class Estimate:
-    """The median of the last ``SAMPLES`` values (None before the first)."""
+def _middle(ordered: list[float]) -> float:
+    """``statistics.median`` of a list already sorted."""
+    n = len(ordered)
+    half = n // 2
+    return ordered[half] if n % 2 else (ordered[half - 1] + ordered[half]) / 2
 
-    __slots__ = ("_median", "samples")
+
+class Estimate:
+    """The median of the last ``SAMPLES`` values (None before the first).
+
+    The values are also kept sorted, one ``insort`` per sample, so the median is known
+    at once: placement asks for it on every request, and every small answer brings a
+    sample, so a median recomputed on demand (a sort of the window) was computed
+    afresh for nearly every request."""
+
+    __slots__ = ("ordered", "samples", "value")
 
     def __init__(self) -> None:
-        self.samples: deque[float] = deque(maxlen=SAMPLES)
-        self._median: float | None = None  # until the next sample: asked on every request
+        self.samples: deque[float] = deque()
+        self.ordered: list[float] = []
+        self.value: float | None = None
 
-    def add(self, value: float) -> None:
-        self.samples.append(value)
-        self._median = None
-
-    @property
-    def value(self) -> float | None:
-        if self._median is None and self.samples:
-            self._median = statistics.median(self.samples)
-        return self._median
+    def add(self, value: float) -> float | None:
+        """Take a value; returns the one that dropped out of the window, if any."""
+        samples, ordered = self.samples, self.ordered
+        dropped = None
+        if len(samples) == SAMPLES:
+            dropped = samples.popleft()
+            del ordered[bisect.bisect_left(ordered, dropped)]
+        samples.append(value)
+        bisect.insort(ordered, value)
+        self.value = _middle(ordered)
+        return dropped
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -113,11 +128,9 @@ class Learned:
         self._tokens_per_byte: dict[str, Estimate] = {}
         self._answers: dict[str, deque[int]] = {}
         self._answer_sums: dict[str, int] = {}
-        # Figures as computed, until a sample of their model and kind arrives: placement
-        # asks for each instance's figures on every request, and a pooled median over
-        # all instances' samples each time was 3 % of the proxy's CPU on small requests.
-        self._figures: dict[tuple[str, str, str], float] = {}
-        # The median over all instances of a model, by kind: the same for every instance.
+        # Every instance's samples of a model, by kind, kept sorted as they come and go
+        # (``_add``), and their median: the same for every instance of the model.
+        self._everyone: dict[tuple[str, str], list[float]] = {}
         self._pooled: dict[tuple[str, str], float] = {}
 
     def rates(self, backend: str, model: str) -> Rates:
@@ -126,34 +139,25 @@ class Learned:
             found = self._rates[backend, model] = Rates()
         return found
 
-    def _figure(self, backend: str, model: str, kind: str) -> float:
-        key = (backend, model, kind)
-        found = self._figures.get(key)
-        if found is None:
-            found = self._figures[key] = self._compute(backend, model, kind)
-        return found
-
     def _add(self, estimate: Estimate, model: str, kind: str, value: float) -> None:
-        estimate.add(value)
-        self._pooled.pop((model, kind), None)
-        figures = self._figures
-        for key in [k for k in figures if k[1] == model and k[2] == kind]:
-            del figures[key]
+        everyone = self._everyone.get((model, kind))
+        if everyone is None:
+            everyone = self._everyone[model, kind] = []
+        dropped = estimate.add(value)
+        if dropped is not None:
+            del everyone[bisect.bisect_left(everyone, dropped)]
+        bisect.insort(everyone, value)
+        self._pooled[model, kind] = _middle(everyone)
 
-    def _compute(self, backend: str, model: str, kind: str) -> float:
-        own: Estimate = getattr(self.rates(backend, model), kind)
+    def _figure(self, backend: str, model: str, kind: str) -> float:
         pooled = self._pooled.get((model, kind))
         if pooled is None:
-            everyone: list[float] = [
-                value
-                for (_, m), rates in self._rates.items()
-                if m == model
-                for value in getattr(rates, kind).samples
-            ]
-            if not everyone:
-                return PRIORS[kind]
-            pooled = self._pooled[model, kind] = statistics.median(everyone)
-        mine = own.value if len(own) >= OWN_SAMPLES else None
+            return PRIORS[kind]
+        rates = self._rates.get((backend, model))
+        if rates is None:
+            return pooled
+        own: Estimate = getattr(rates, kind)
+        mine = own.value if len(own.samples) >= OWN_SAMPLES else None
         if mine is not None and not 1 / DIFFERENT <= mine / pooled <= DIFFERENT:
             return mine  # really another kind of instance (another machine, another GPU)
         return pooled
@@ -202,7 +206,9 @@ class Learned:
             recent.append(sample.answer_tokens)
             self._answer_sums[model] = total
         if prompt_bytes and sample.prompt_tokens:
-            estimate = self._tokens_per_byte.setdefault(model, Estimate())
+            estimate = self._tokens_per_byte.get(model)
+            if estimate is None:
+                estimate = self._tokens_per_byte[model] = Estimate()
             estimate.add(sample.prompt_tokens / prompt_bytes)
         if sample.prompt_tokens < MIN_PROMPT_TOKENS or sample.prompt_seconds <= 0:
             return

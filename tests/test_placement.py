@@ -7,16 +7,19 @@ and counts one token per 4 bytes of prompt.
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from olbproxy.exchange import Exchange, Placed
 from olbproxy.options import Decision
 from olbproxy.placement import Planner
 from olbproxy.pool import Backend, Group, Pool
 from olbproxy.prompt import Prompt, prompt_of
-from olbproxy.rates import Learned, Sample
+from olbproxy.rates import SAMPLES, Learned, Sample
 from olbproxy.seat import with_pins
 from olbproxy.settings import GroupSettings, PlacementSettings, Settings
 
@@ -304,6 +307,34 @@ def test_figures_follow_new_samples_on_every_instance() -> None:
             "a", M, Sample(answer_tokens=tokens), cold=False, expected_miss=True, prompt_bytes=0
         )
     assert learned.answer_tokens(M) == pytest.approx(35.5)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from("abc"),
+            st.floats(min_value=1.0, max_value=1e6, allow_nan=False),
+            st.integers(min_value=8, max_value=300),
+        ),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_figures_are_the_medians_of_the_windows(answers: list[tuple[str, float, int]]) -> None:
+    # The medians are kept up to date one sample at a time (rates.py): they must be what
+    # statistics.median says of each instance's last SAMPLES values and of all of them.
+    learned = Learned()
+    windows: dict[str, list[float]] = {}
+    for backend, seconds, tokens in answers:
+        sample = Sample(answer_tokens=tokens, answer_seconds=seconds)
+        learned.learn(backend, M, sample, cold=False, expected_miss=False, prompt_bytes=0)
+        windows[backend] = [*windows.get(backend, []), tokens / seconds][-SAMPLES:]
+    everyone = statistics.median([v for window in windows.values() for v in window])
+    for backend, window in windows.items():
+        own = statistics.median(window)
+        differs = len(window) >= 5 and not 0.5 <= own / everyone <= 2.0
+        assert learned.rates(backend, M).decode.value == pytest.approx(own)
+        assert learned.decode(backend, M) == pytest.approx(own if differs else everyone)
 
 
 def test_pinned_options_override_the_clients_and_leave_pinned_bodies_alone() -> None:
