@@ -103,10 +103,12 @@ class Planner:
         me: object = None,
     ) -> Decision:
         """Where a request goes now, or which instance it is worth waiting for."""
-        options = self._options(group, model, prompt, exclude, me)
+        options, marked = self._options(group, model, prompt, exclude, me)
         if not options:
             return Decision(None)
-        sticky = next((o for o in options if o.kind == "sticky" and o.free), None)
+        sticky = (
+            next((o for o in options if o.kind == "sticky" and o.free), None) if marked else None
+        )
         if sticky is not None:
             return Decision(sticky.backend, "sticky", sticky)
         best = min(options, key=_COST)
@@ -120,8 +122,11 @@ class Planner:
             return Decision(None, option=best, recheck=recheck)
         free = [o for o in options if o.free and o.cost <= best.cost * (1 + TIE) + 1e-9]
         chosen = self._next(group, model, free)
-        chosen = self._balanced(chosen, options)
-        reason = self._reason(chosen, options)
+        if marked:
+            chosen = self._balanced(chosen, options)
+            reason = self._reason(chosen, options)
+        else:  # no option holds anything: most requests, a new small chat
+            reason = "resident" if chosen.resident else "cold"
         if log.isEnabledFor(logging.DEBUG):
             seen = ", ".join(
                 f"{o.backend.label} {o.cost:.3f}s{'' if o.free else ' busy'}"
@@ -179,10 +184,11 @@ class Planner:
         prompt: Prompt | None,
         exclude: Collection[Backend],
         me: object,
-    ) -> list[Option]:
+    ) -> tuple[list[Option], bool]:
+        """The options, and whether any of them is marked sticky or prefix."""
         backends = [b for b in group.backends if b.healthy and b not in exclude]
         if not backends:
-            return []
+            return [], False
         now, wall = time.monotonic(), time.time()
         per_byte = self.learned.tokens_per_byte(model)
         holders: dict[str, int] = {}
@@ -250,7 +256,7 @@ class Planner:
             cost = wait + load + prefill
             underway = bool(running) and not resident
             options.append(Option(backend, cost, wait, cached, kind, free, resident, underway))
-        return options
+        return options, bool(holders or sticky)
 
     def _next(self, group: Group, model: str, free: list[Option]) -> Option:
         """Among equally good options: warm before loading before cold, then the one that
@@ -326,7 +332,10 @@ class Planner:
         label = backend.label
         ticket.work = ticket.before + ticket.answer_tokens / self.learned.decode(label, model)
         self.work[label] = self.work.get(label, 0.0) + ticket.work
-        self.tickets.setdefault(label, []).append(ticket)
+        running = self.tickets.get(label)
+        if running is None:
+            running = self.tickets[label] = []
+        running.append(ticket)
         return ticket
 
     def ended(self, backend: Backend, ticket: Ticket) -> None:

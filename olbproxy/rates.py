@@ -26,6 +26,7 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 SAMPLES = 15
 HIT_FACTOR = 3.0
@@ -91,9 +92,11 @@ class Rates:
     load: Estimate = field(default_factory=Estimate)
 
 
-@dataclass(slots=True, frozen=True)
-class Sample:
-    """What one finished answer says (durations in seconds; None when absent)."""
+class Sample(NamedTuple):
+    """What one finished answer says (durations in seconds; None when absent).
+
+    A NamedTuple, not a frozen dataclass: one is made per exchange, and a frozen
+    dataclass sets each field through ``object.__setattr__``."""
 
     prompt_tokens: int = 0
     prompt_seconds: float = 0.0
