@@ -127,8 +127,7 @@ class StoreSettings:
     queue_bytes: int = 128 * 1024 * 1024
     # Records per MongoDB write. Small on purpose: with recorder "loop", building and
     # encoding a batch runs on the relay's event loop, and a batch of 200 held streams up
-    # for ~10 ms; 32 keeps it ~1 ms. The recording process (recorder "process") writes
-    # at least 256 at a time, off the relay's loop (persistence/worker.py).
+    # for ~10 ms; 32 keeps it ~1 ms.
     batch_size: int = 32
     # Where records are built, filed and written: "process", a recording process of the
     # proxy's own (persistence/worker.py; the relay's loop only encodes one frame per

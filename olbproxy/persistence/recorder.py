@@ -78,7 +78,6 @@ class Recorder:
         # The memory store never fails; its spool (queue overflow only) stays in memory.
         self.spool = spool or Spool(None if settings.backend == "memory" else settings.spool_dir)
         self.linger = LINGER
-        self.batch_size = max(1, settings.batch_size)  # the worker raises it (worker.py)
         self.backoff = BACKOFF
         # True from the first failure (or overflow) until the spool has been replayed.
         self.spooling = False
@@ -206,7 +205,7 @@ class Recorder:
     # -- the writer: queue -> MongoDB ---------------------------------------------------
 
     async def _write_loop(self) -> None:
-        size = self.batch_size
+        size = max(1, self.settings.batch_size)
         while True:
             if not self._queue:
                 if self._closing:
@@ -267,7 +266,7 @@ class Recorder:
     # -- the spooler: spill -> disk ------------------------------------------------------
 
     async def _spool_loop(self) -> None:
-        size = self.batch_size
+        size = max(1, self.settings.batch_size)
         while True:
             if not self._spill:
                 self._spilled.clear()
@@ -337,7 +336,7 @@ class Recorder:
         started, replayed = time.monotonic(), 0
         log.info("persistence: MongoDB answers; replaying %d spooled records", self.spool.depth)
         while True:
-            batch = await self.spool.read(self.batch_size)
+            batch = await self.spool.read(max(1, self.settings.batch_size))
             if not batch.lines:
                 if self.spool.depth:
                     continue  # appended since the read

@@ -47,13 +47,6 @@ log = logging.getLogger("olbproxy.persistence.worker")
 
 LENGTH = struct.Struct("!I")
 REPORT_EVERY = 0.05  # seconds
-# Here a batch is built, filed and encoded off the relay's loop, so it may be large:
-# fewer, fuller MongoDB writes cost the database less per record. At 200 new streams/s
-# (bench (c)), batches of at least 256 gathered for up to half a second took SecantusDB
-# from 0.10 to 0.065-0.069 of a core and this process from 0.06 to 0.03; store.batch_size
-# (32) and 50 ms are for the recorder on the relay's own loop, which they keep short.
-PROCESS_BATCH = 256
-PROCESS_LINGER = 0.5  # seconds; records still reach MongoDB well within store.defer
 
 
 class Worker:
@@ -159,8 +152,6 @@ async def _record(
     _yield_cores(settings.nice)
     store = MongoStore(settings)
     recorder = Recorder(settings, store, instance=instance)
-    recorder.batch_size = max(recorder.batch_size, PROCESS_BATCH)
-    recorder.linger = PROCESS_LINGER
     worker = Worker(settings, recorder, out)
     supervisor = Supervisor()
     try:
