@@ -195,11 +195,8 @@ class Planner:
         sticky: set[str] = set()
         # Only a boundary worth MIN_PREFIX_TOKENS can make a prefix option (a sticky one
         # is looked up by its own key): a small new chat, most requests, looks up nothing.
-        deep = (
-            bisect.bisect_left(prompt.sizes, MIN_PREFIX_TOKENS / max(per_byte, 1e-9))
-            if prompt is not None
-            else 0
-        )
+        worth = MIN_PREFIX_TOKENS / max(per_byte, 1e-9)  # bytes
+        deep = bisect.bisect_left(prompt.sizes, worth) if prompt is not None else 0
         if prompt is not None and (deep < len(prompt.sizes) or prompt.continues is not None):
             # A recorded stamp still holds where the model was not (re)loaded since and
             # less than cache_tokens of other prompts went through the instance after it.
@@ -269,17 +266,17 @@ class Planner:
         else:
             cursor = self._cursors.get((group.name, model), 0)
             work = self.work
-            # min() by (tier, work, distance from the cursor), written out: a key
-            # function building a tuple per option cost more than the rest of the choice.
+            # min() by (tier, work, distance from the cursor), written out: min() with a
+            # key function cost more than the rest of the choice.
             chosen, best = free[0], (3, 0.0, n)
             for option in free:
-                tier = 0 if option.resident else 1 if option.loading else 2  # cold last
-                done = work.get(option.backend.label, 0.0)
-                if tier > best[0] or (tier == best[0] and done > best[1]):
-                    continue
-                turn = (order.index(option.backend) - cursor) % n
-                if (tier, done, turn) < best:
-                    chosen, best = option, (tier, done, turn)
+                key = (
+                    0 if option.resident else 1 if option.loading else 2,  # cold last
+                    work.get(option.backend.label, 0.0),
+                    (order.index(option.backend) - cursor) % n,
+                )
+                if key < best:
+                    chosen, best = option, key
         self._cursors[group.name, model] = (order.index(chosen.backend) + 1) % n
         return chosen
 

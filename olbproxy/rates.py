@@ -45,8 +45,12 @@ ANSWERS = 50  # answer lengths kept per model: their mean is the typical answer
 DIFFERENT = 2.0
 
 
-def _middle(ordered: list[float]) -> float:
-    """``statistics.median`` of a list already sorted."""
+def _slide(ordered: list[float], dropped: float | None, value: float) -> float:
+    """Keep ``ordered`` sorted as ``value`` comes in and ``dropped`` goes out; its
+    median (``statistics.median``'s), read off the middle."""
+    if dropped is not None:
+        del ordered[bisect.bisect_left(ordered, dropped)]
+    bisect.insort(ordered, value)
     n = len(ordered)
     half = n // 2
     return ordered[half] if n % 2 else (ordered[half - 1] + ordered[half]) / 2
@@ -69,14 +73,10 @@ class Estimate:
 
     def add(self, value: float) -> float | None:
         """Take a value; returns the one that dropped out of the window, if any."""
-        samples, ordered = self.samples, self.ordered
-        dropped = None
-        if len(samples) == SAMPLES:
-            dropped = samples.popleft()
-            del ordered[bisect.bisect_left(ordered, dropped)]
+        samples = self.samples
+        dropped = samples.popleft() if len(samples) == SAMPLES else None
         samples.append(value)
-        bisect.insort(ordered, value)
-        self.value = _middle(ordered)
+        self.value = _slide(self.ordered, dropped, value)
         return dropped
 
     def __len__(self) -> int:
@@ -146,11 +146,7 @@ class Learned:
         everyone = self._everyone.get((model, kind))
         if everyone is None:
             everyone = self._everyone[model, kind] = []
-        dropped = estimate.add(value)
-        if dropped is not None:
-            del everyone[bisect.bisect_left(everyone, dropped)]
-        bisect.insort(everyone, value)
-        self._pooled[model, kind] = _middle(everyone)
+        self._pooled[model, kind] = _slide(everyone, estimate.add(value), value)
 
     def _figure(self, backend: str, model: str, kind: str) -> float:
         pooled = self._pooled.get((model, kind))
