@@ -11,7 +11,7 @@
 
 * ``observe`` is one of ``OllamaApi.observers``: it only appends the finished exchange
   to a deque. Nothing on the request path waits for MongoDB or the disk.
-* The writer takes up to ``store.batch_size`` exchanges (lingering ~20 ms for a batch to
+* The writer takes up to ``store.batch_size`` exchanges (lingering ~50 ms for a batch to
   gather), builds their records (record.py: the chunks are parsed here, once), files
   them into rooms (filing.py) and writes them with three bulk operations (batch.py).
 * When a write fails, or the queue is full, the recorder starts *spooling*: what is
@@ -50,12 +50,7 @@ from olbproxy.supervisor import Supervisor
 
 log = logging.getLogger("olbproxy.persistence.recorder")
 
-# Seconds a partial batch waits for company. Short, so that at a steady rate the writes
-# come as many small batches rather than few big ones: on the bench's two shared cores
-# the TTFT p99 of streams was lower with 20 ms than with 50 ms in 9 of 13 alternating
-# runs (by 0.4 ms on average; README, item 27), for about a third more database CPU at 200
-# exchanges/s. Under heavy load batches are full anyway and do not linger.
-LINGER = 0.02
+LINGER = 0.05  # seconds a partial batch waits for company (README, items 26-27)
 BACKOFF = (0.25, 10.0)  # seconds between pings of an unreachable MongoDB: first, most
 REPORT_EVERY = 5.0  # seconds between log lines about the spool while it changes
 
