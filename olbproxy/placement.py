@@ -121,12 +121,8 @@ class Planner:
             self._ahead(group, model, options)
             return Decision(None, option=best, recheck=recheck)
         free = [o for o in options if o.free and o.cost <= best.cost * (1 + TIE) + 1e-9]
-        chosen = self._next(group, model, free)
-        if marked:
-            chosen = self._balanced(chosen, options)
-            reason = self._reason(chosen, options)
-        else:  # no option holds anything: most requests, a new small chat
-            reason = "resident" if chosen.resident else "cold"
+        chosen = self._balanced(self._next(group, model, free), options)
+        reason = self._reason(chosen, options, marked)
         if log.isEnabledFor(logging.DEBUG):
             seen = ", ".join(
                 f"{o.backend.label} {o.cost:.3f}s{'' if o.free else ' busy'}"
@@ -281,10 +277,12 @@ class Planner:
         return chosen
 
     @staticmethod
-    def _reason(chosen: Option, options: list[Option]) -> str:
+    def _reason(chosen: Option, options: list[Option], marked: bool) -> str:
         if chosen.kind == "sticky":
             return "sticky"
-        if any(o.kind and not o.free and o.cached > chosen.cached for o in options):
+        # When no option holds anything (most requests, a new small chat), no busy one
+        # can hold more than the chosen one: no scan.
+        if marked and any(o.kind and not o.free and o.cached > chosen.cached for o in options):
             return "fallback_busy"
         if chosen.kind:
             return chosen.kind
