@@ -173,9 +173,34 @@ async def test_messages_are_listed_oldest_first_and_by_kind(store: Store) -> Non
     assert [m.id for m in await store.messages.list("r1", limit=10)] == ["m1", "m3"]
     every = await store.messages.list("r1", limit=10, kinds=("turn", "task"))
     assert [m.id for m in every] == ["m1", "t1", "m3"]
-    first = every[0]
-    after = await store.messages.list("r1", limit=10, after=(first.started_at, first.id))
+    after = await store.messages.list("r1", limit=10, after=every[0].mark)
     assert [m.id for m in after] == ["m3"]
+
+
+async def test_turns_that_started_in_the_same_millisecond_are_listed_in_the_rooms_order(
+    store: Store,
+) -> None:
+    # A script's turns can start within one millisecond (MongoDB keeps no finer time);
+    # their random ids must not decide which comes first, on one page or across pages.
+    await store.messages.add(
+        [
+            message("f", started=5, seq=1),
+            message("c", started=5, seq=3),
+            message("e", started=5, seq=2),
+            message("a", started=5, seq=4),
+            message("b", started=5, kind="task", task="title", seq=None),
+            message("d", started=6, seq=5),
+        ]
+    )
+    listed = await store.messages.list("r1", limit=10)
+    assert [m.id for m in listed] == ["f", "e", "c", "a", "d"]
+    every = await store.messages.list("r1", limit=10, kinds=("turn", "task"))
+    assert [m.id for m in every] == ["b", "f", "e", "c", "a", "d"]  # the task has no seq
+    paged, after = [], None
+    while page := await store.messages.list("r1", limit=1, after=after, kinds=("turn", "task")):
+        paged.append(page[0].id)
+        after = page[0].mark
+    assert paged == ["b", "f", "e", "c", "a", "d"]
 
 
 async def test_a_head_is_found_by_the_best_listed_hash_of_the_same_user(store: Store) -> None:
@@ -219,3 +244,21 @@ async def test_the_seed_apps_own_documents_do_not_get_in_the_way(mongo_uri: str)
     assert [r.id for r in await store.rooms.list("u1", limit=10)] == ["r1"]
     assert [m.id for m in await store.messages.list("r1", limit=10)] == ["m1"]
     await store.close()
+
+
+async def test_an_earlier_versions_message_index_gives_way_to_the_ordered_one(
+    mongo_uri: str,
+) -> None:
+    store = open_store(Settings(store=store_settings(mongo_uri)))
+    assert isinstance(store, MongoStore)
+    messages = store.client[database_of(mongo_uri)]["messages"]
+    await messages.create_index(
+        [("room_id", 1), ("started_at", 1), ("_id", 1)], name="room_started"
+    )
+    await store.start()
+    names = [index["name"] async for index in await messages.list_indexes()]
+    assert "room_order" in names and "room_started" not in names
+    await store.close()
+    again = open_store(Settings(store=store_settings(mongo_uri)))
+    await again.start()  # and a start without it goes on as usual
+    await again.close()

@@ -37,7 +37,7 @@ from olbproxy.exchange import Exchange
 from olbproxy.persistence.history import RECORDED
 from olbproxy.persistence.record import moment
 from olbproxy.persistence.recording import Recording
-from olbproxy.store import Mark, Message, MessageKind, Room, Store
+from olbproxy.store import Mark, Message, MessageKind, MessageMark, Room, Store
 
 log = logging.getLogger("olbproxy.persistence.rooms")
 
@@ -93,19 +93,32 @@ def message_json(message: Message) -> dict[str, Any]:
     }
 
 
-def encode_cursor(mark: Mark) -> str:
-    at, ident = mark
-    millis = round(at.timestamp() * 1000)
-    return base64.urlsafe_b64encode(f"{millis}|{ident}".encode()).decode().rstrip("=")
+def encode_cursor(mark: Mark | MessageMark) -> str:
+    at, *rest = mark
+    text = "|".join([str(round(at.timestamp() * 1000)), *map(str, rest)])
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
 def decode_cursor(text: str) -> Mark:
+    millis, ident = _cursor(text, 2)
+    return moment(int(millis)), ident
+
+
+def decode_message_cursor(text: str) -> MessageMark:
+    millis, seq, ident = _cursor(text, 3)
+    return moment(int(millis)), int(seq), ident
+
+
+def _cursor(text: str, parts: int) -> list[str]:
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
-        millis, _, ident = raw.partition("|")
-        if not ident:
+        fields = raw.split("|", parts - 1)
+        if len(fields) != parts or not fields[-1]:
             raise ValueError(raw)
-        return moment(int(millis)), ident
+        moment(int(fields[0]))  # a time MongoDB can keep
+        if parts == 3:
+            int(fields[1])
+        return fields
     except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError, OSError):
         raise BadRequest("invalid cursor: pass next_cursor from the previous page as is") from None
 
@@ -199,7 +212,7 @@ class RoomsApi:
         room = await self._own_room(request)
         limit = page_size(request, MESSAGES_PAGE)
         cursor = request.query.get("cursor")
-        after = decode_cursor(cursor) if cursor else None
+        after = decode_message_cursor(cursor) if cursor else None
         kinds: tuple[MessageKind, ...] = ("turn", "generate")
         if request.query.get("tasks", "").lower() in ("1", "true", "yes"):
             kinds = (*kinds, "task")
@@ -209,7 +222,7 @@ class RoomsApi:
         following = None
         if len(messages) > limit:
             messages = messages[:limit]
-            following = encode_cursor((messages[-1].started_at, messages[-1].id))
+            following = encode_cursor(messages[-1].mark)
         return web.json_response(
             {
                 "room": room_json(room),

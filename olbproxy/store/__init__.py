@@ -157,6 +157,11 @@ class Message:
     full_hash: str | None = None  # the history with the answer: what the next turn continues
     truncated: tuple[str, ...] = ()  # fields cut to fit a MongoDB document
 
+    @property
+    def mark(self) -> MessageMark:
+        """Where it stands in its room's listing (``MessageMark``)."""
+        return (self.started_at, self.seq or 0, self.id)
+
 
 @dataclass(frozen=True, slots=True)
 class RoomStep:
@@ -184,8 +189,12 @@ class AuditEntry:
     detail: Mapping[str, Any] = field(default_factory=dict)  # role, groups, label, ...
 
 
-# Where a page ends: (updated_at, id) of the last room, or (started_at, id) of the last message.
+# Where a page of rooms ends: (updated_at, id) of its last room.
 Mark = tuple[datetime, str]
+# Where a page of a room's messages ends: (started_at, seq, id) of its last message.
+# MongoDB keeps milliseconds, and a scripted client's turns can start in the same one:
+# seq keeps them in the room's order (0 for a background task, which has none).
+MessageMark = tuple[datetime, int, str]
 
 
 class Users(Protocol):
@@ -259,10 +268,10 @@ class Messages(Protocol):
         room_id: str,
         *,
         limit: int,
-        after: Mark | None = None,
+        after: MessageMark | None = None,
         kinds: Collection[MessageKind] = ("turn", "generate"),
     ) -> list[Message]:
-        """The room's messages, oldest first by (started_at, id), strictly after ``after``."""
+        """The room's messages in ``MessageMark`` order, strictly after ``after``."""
 
     async def delete_room(self, room_id: str) -> int: ...
 

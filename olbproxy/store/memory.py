@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
+from operator import attrgetter
 
 from olbproxy.errors import Conflict
 from olbproxy.store import (
@@ -21,6 +22,7 @@ from olbproxy.store import (
     Mark,
     Message,
     MessageKind,
+    MessageMark,
     Messages,
     Room,
     Rooms,
@@ -183,7 +185,7 @@ class MemoryMessages:
     async def find_head(self, user_id: str, hashes: Sequence[str]) -> Message | None:
         found = {
             m.full_hash: m
-            for m in sorted(self._by_id.values(), key=_message_mark)
+            for m in sorted(self._by_id.values(), key=attrgetter("mark"))
             if m.user_id == user_id and m.room_id is not None and m.full_hash in hashes
         }
         return next((found[h] for h in hashes if h in found), None)
@@ -193,13 +195,13 @@ class MemoryMessages:
         room_id: str,
         *,
         limit: int,
-        after: Mark | None = None,
+        after: MessageMark | None = None,
         kinds: Collection[MessageKind] = ("turn", "generate"),
     ) -> list[Message]:
         messages = [m for m in self._by_id.values() if m.room_id == room_id and m.kind in kinds]
-        messages.sort(key=_message_mark)
+        messages.sort(key=attrgetter("mark"))
         if after is not None:
-            messages = [m for m in messages if _message_mark(m) > after]
+            messages = [m for m in messages if m.mark > after]
         return messages[:limit]
 
     async def delete_room(self, room_id: str) -> int:
@@ -207,10 +209,6 @@ class MemoryMessages:
         for message_id in doomed:
             del self._by_id[message_id]
         return len(doomed)
-
-
-def _message_mark(message: Message) -> Mark:
-    return (message.started_at, message.id)
 
 
 class MemoryAudit:

@@ -9,6 +9,7 @@ and are read tolerantly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Collection, Sequence
 from datetime import datetime
@@ -17,9 +18,9 @@ from typing import Any
 import pymongo
 from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, OperationFailure
 
-from olbproxy.store import Mark, Message, MessageKind, Room, RoomStep, Served
+from olbproxy.store import Mark, Message, MessageKind, MessageMark, Room, RoomStep, Served
 from olbproxy.store.mongo_errors import mongo_errors
 
 Document = dict[str, Any]
@@ -206,9 +207,17 @@ class MongoMessages(_Collection):
     async def ensure_indexes(self) -> None:
         with mongo_errors(self.seconds):
             await self.collection.create_index(
-                [("room_id", ASCENDING), ("started_at", ASCENDING), ("_id", ASCENDING)],
-                name="room_started",
+                [
+                    ("room_id", ASCENDING),
+                    ("started_at", ASCENDING),
+                    ("seq", ASCENDING),
+                    ("_id", ASCENDING),
+                ],
+                name="room_order",
             )
+            # Its forerunner, without seq (before 2026-12), would only cost writes now.
+            with contextlib.suppress(OperationFailure):
+                await self.collection.drop_index("room_started")
             await self.collection.create_index(
                 [("user_id", ASCENDING), ("full_hash", ASCENDING)], name="user_full_hash"
             )
@@ -248,17 +257,19 @@ class MongoMessages(_Collection):
         room_id: str,
         *,
         limit: int,
-        after: Mark | None = None,
+        after: MessageMark | None = None,
         kinds: Collection[MessageKind] = ("turn", "generate"),
     ) -> list[Message]:
         query: Document = {"room_id": room_id, "kind": {"$in": [*kinds]}}
         if after is not None:
-            at, message_id = after
+            at, seq, message_id = after
+            # A task's seq is null, which sorts before every number.
             query["$or"] = [
                 {"started_at": {"$gt": at}},
-                {"started_at": at, "_id": {"$gt": message_id}},
+                {"started_at": at, "seq": {"$gt": seq} if seq else {"$ne": None}},
+                {"started_at": at, "seq": seq or None, "_id": {"$gt": message_id}},
             ]
-        order = [("started_at", ASCENDING), ("_id", ASCENDING)]
+        order = [("started_at", ASCENDING), ("seq", ASCENDING), ("_id", ASCENDING)]
         with mongo_errors(self.seconds):
             cursor = self.collection.find(query).sort(order).limit(limit)
             return [_message(doc) async for doc in cursor]
