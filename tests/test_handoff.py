@@ -24,6 +24,7 @@ from olbproxy.errors import StartupError
 from olbproxy.exchange import Exchange, Placed
 from olbproxy.persistence import frame
 from olbproxy.persistence.handoff import Handoff
+from olbproxy.persistence.pace import CALM
 from olbproxy.persistence.record import record_of
 from olbproxy.persistence.spool import Spool
 from olbproxy.prompt import prompt_of
@@ -327,7 +328,7 @@ async def test_while_the_relay_is_busy_recording_waits_and_catches_up_after(
     assert handoff.backlog()["queue"] == 3
     await asyncio.sleep(0.5)  # two looks of the pacing: still busy, still waiting
     assert await conversations(store) == []
-    load[0] = 0.1
+    load[0] = CALM / 2
     await settled(proxy.app)
     [(_, turns)] = await conversations(store)
     assert [m.input for m in turns] == ["turn 1", "turn 2", "turn 3"]

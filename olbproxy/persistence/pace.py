@@ -7,7 +7,9 @@ relaying. They go once the relay is calmer (below ``CALM``), or after ``store.de
 seconds at the latest; recording then does not wait again for as long, so records of a
 relay that stays busy still reach MongoDB. On the bench's two cores shared with a
 MongoDB, recording as exchanges finished took 0.6-0.8 of a core from the relay at its
-peak, and 0.14-0.19 at 200 new streams/s, where 0.35 of a core was the relay's.
+peak; at 200 new streams/s, where the relay used 0.17-0.26 of a core, it added about
+1 ms to the TTFT p99, which waiting took away (README, item 28). The team's own load
+(20 streams at once) is a few hundredths of a core: there, records never wait.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Callable
 log = logging.getLogger("olbproxy.persistence.pace")
 
 PACE = 0.25  # seconds between looks at how busy the relay's process is
-BUSY, CALM = 0.3, 0.15  # of a core: recording waits from BUSY on, until below CALM
+BUSY, CALM = 0.15, 0.075  # of a core: recording waits from BUSY on, until below CALM
 TELL_EVERY = 60.0  # seconds between log lines saying that recording waits
 
 
