@@ -16,8 +16,8 @@ writes from a thread, as text (``key=value``, easy to grep) or as JSON lines::
 
 * **exchanges**: ``AccessLog.observe`` is one of ``OllamaApi.observers``; it runs once,
   after the exchange has ended, and builds the whole line then, never per chunk;
-* **refusals**: ``refused(request, error)``, called by the error middleware for every
-  error it renders (4xx: ``refused``, 5xx: ``error``), unless the exchange's own line
+* **refusals**: ``refused(request, error)``, called by the edge for every error it
+  renders (4xx: ``refused``, 5xx: ``error``), unless the exchange's own line
   already tells it;
 * **logins and sign-ups**: ``login`` / ``signup`` from accounts.py when they succeed; a
   failed one is a refusal whose line names the attempted user (``attempt``).
@@ -212,7 +212,7 @@ ACCESS = web.AppKey("ACCESS", AccessLog)
 
 
 def refused(request: web.Request, error: ProxyError) -> None:
-    """From the error middleware: the line of an error response it is about to render."""
+    """From the edge: the line of an error response it is about to render."""
     access = request.app.get(ACCESS)
     if access is not None:
         access.refusal(request, error)

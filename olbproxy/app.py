@@ -1,9 +1,9 @@
-"""create_app(settings) -> web.Application: wiring, middleware order, lifetimes.
+"""create_app(settings) -> web.Application: wiring, lifetimes.
 
-Middleware, outermost first: errors (renders every ProxyError in one place and hands
-it to the access log), CORS preflight. Then one aiohttp route for every path: the edge
-(edge.py) classifies the request into a route of the table the components contribute,
-authenticates and authorises it. Long-lived resources hang off typed app keys and are
+One aiohttp route for every path, and no middlewares: the edge (edge.py) answers CORS
+preflights, classifies the request into a route of the table the components contribute,
+authenticates and authorises it, and renders every ProxyError in one place (handing it
+to the access log). Long-lived resources hang off typed app keys and are
 built and torn down in ``cleanup_ctx``, so tests and ``serve`` share one path.
 """
 
@@ -22,15 +22,7 @@ from olbproxy.auth.authenticator import Authenticator
 from olbproxy.auth.console import Console
 from olbproxy.auth.principal import principal_of
 from olbproxy.catalog import Catalog
-from olbproxy.edge import (
-    Edge,
-    Route,
-    RouteTable,
-    cors_middleware,
-    cors_on_prepare,
-    error_middleware,
-    mark_started,
-)
+from olbproxy.edge import Edge, Route, RouteTable
 from olbproxy.exchange import EXCHANGE, new_id
 from olbproxy.health import HealthChecker
 from olbproxy.instance import InstanceRoutes
@@ -101,7 +93,6 @@ def placement_on_prepare() -> Callable[[web.Request, web.StreamResponse], Awaita
 async def create_app(settings: Settings) -> web.Application:
     """Build the proxy application; resources start and stop with the app."""
     app = web.Application(
-        middlewares=[error_middleware, cors_middleware(settings.origins)],
         client_max_size=settings.max_body_bytes,
         handler_args={"max_field_size": 65536},
     )
@@ -162,7 +153,7 @@ async def create_app(settings: Settings) -> web.Application:
     app[ACCESS] = access_log
     api.observers.append(access_log.observe)
 
-    # -- identity (auth.py): authentication middleware, /api/auth/* routes -----------
+    # -- identity (auth/): the edge's authentication, /api/auth/* routes ---------------
     authenticator = Authenticator(settings.auth, store)
     app[STORE], app[AUTHENTICATOR] = store, authenticator
 
@@ -258,12 +249,12 @@ async def create_app(settings: Settings) -> web.Application:
         RouteTable(routes),
         authenticator.authenticate if settings.auth.enabled else None,
         failures=authenticator.failures,
+        origins=settings.origins,
     )
     app[EDGE] = edge
     # [\s\S]: every path, newlines included (the edge refuses those itself, in JSON).
     app.router.add_route("*", r"/{path:[\s\S]*}", edge.dispatch)
-    app.on_response_prepare.append(mark_started)
-    app.on_response_prepare.append(cors_on_prepare(settings.origins))
+    app.on_response_prepare.append(edge.on_prepare)
     if settings.placement.header:
         app.on_response_prepare.append(placement_on_prepare())
 

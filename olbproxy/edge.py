@@ -10,8 +10,13 @@ calls the route's handler. The handler forwards exactly the canonical path it wa
 routed on (``upstream_path``), never the raw target: what a backend sees is what was
 authorised.
 
-Also here: the error middleware, the only place a ``ProxyError`` becomes a response (and
-which never writes a second response once one has started), and CORS.
+``dispatch`` is also the only place a ``ProxyError`` becomes a response (never a second
+one once a response has started), and where CORS preflights are answered. The app has
+no aiohttp middlewares: the two it had, and the wrapper aiohttp adds around them, made a
+small request 922,000 instructions against 902,000 now (``bench.instructions``).
+Request targets aiohttp's router cannot take at all (``OPTIONS *``, ``CONNECT host:port``:
+no path) never reach the edge; aiohttp answers them 404 itself, without credentials or
+a backend involved.
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ from typing import Literal
 from urllib.parse import quote, unquote_to_bytes
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from olbproxy import access
 from olbproxy.auth.principal import ANONYMOUS, OPEN, PRINCIPAL, Principal
@@ -211,13 +215,38 @@ class Edge:
         authenticate: Authenticate | None,
         *,
         failures: Counter[str] | None = None,
+        origins: tuple[str, ...] = (),
     ) -> None:
         self.table = table
         # None: authentication is switched off and every caller is an admin (OPEN).
         self.authenticate = authenticate
         self.failures: Counter[str] = Counter() if failures is None else failures
+        self.origins = DEFAULT_ORIGINS + origins  # CORS
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        """The app's one handler: everything a request meets before its route's handler
+        (``_dispatch``), and the rendering of whatever it raises."""
+        try:
+            return await self._dispatch(request)
+        except ProxyError as error:
+            if isinstance(error, Forbidden) and PRINCIPAL in request:
+                self.failures["forbidden"] += 1  # an admin route, a model outside the groups
+            return await _answer(request, error)
+        except web.HTTPNotFound:
+            # aiohttp's own (a static file that is not there): still in Ollama's shape.
+            return await _answer(request, NotFound("404 page not found"))
+        except (web.HTTPException, asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            # The traceback goes to the log, under a reference the client can quote;
+            # Python internals never go to the client.
+            ref = secrets.token_hex(4)
+            log.exception("unhandled error %s on %s %s", ref, request.method, request.path)
+            return await _answer(request, ProxyError(f"internal error (reference {ref})"))
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "OPTIONS" and (answer := self._preflight(request)):
+            return answer
         path = canonical_path(request.raw_path)
         chosen, params = self.table.resolve(request.method, path)
         request[MATCH] = Match(chosen, path, params)
@@ -235,44 +264,45 @@ class Edge:
         else:
             principal = await self.authenticate(request)
         request[PRINCIPAL] = principal
-        try:
-            if chosen.access == "admin" and not principal.is_admin:
-                raise Forbidden(chosen.refusal or f"{path} is for admins")
-            return await chosen.handler(request)
-        except Forbidden:  # an admin-only route, or a model outside the caller's groups
-            self.failures["forbidden"] += 1
-            raise
+        if chosen.access == "admin" and not principal.is_admin:
+            raise Forbidden(chosen.refusal or f"{path} is for admins")
+        return await chosen.handler(request)
+
+    async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        """``on_response_prepare``: from now on an error can only end this response (see
+        ``_answer``); and the CORS header for an allowed origin, streamed answers too."""
+        request[STARTED] = response
+        origin = request.headers.get("Origin")
+        if origin and origin_allowed(origin, self.origins):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+
+    def _preflight(self, request: web.Request) -> web.Response | None:
+        """A CORS preflight's answer (no credentials, no backend involved), or None."""
+        origin = request.headers.get("Origin")
+        if not origin or "Access-Control-Request-Method" not in request.headers:
+            return None
+        if not origin_allowed(origin, self.origins):
+            return web.Response(status=403, text="origin not allowed")
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS",
+                "Access-Control-Allow-Headers": request.headers.get(
+                    "Access-Control-Request-Headers", CORS_HEADERS
+                ),
+                "Access-Control-Max-Age": "43200",
+                "Vary": "Origin",
+            },
+        )
 
 
 # -- errors ---------------------------------------------------------------------------
 
-# The response a request has started, set as it is prepared: after that, an error can
-# only end the stream, never replace it.
+# The response a request has started, set as it is prepared (``Edge.on_prepare``): after
+# that, an error can only end the stream, never replace it.
 STARTED = web.RequestKey("started", web.StreamResponse)
-
-
-async def mark_started(request: web.Request, response: web.StreamResponse) -> None:
-    request[STARTED] = response
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ProxyError as error:
-        return await _answer(request, error)
-    except web.HTTPNotFound:
-        # aiohttp's own router found no route (a target its pattern cannot take, such as
-        # OPTIONS *): still a refusal in Ollama's shape, and still no backend involved.
-        return await _answer(request, NotFound("404 page not found"))
-    except (web.HTTPException, asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception:
-        # The traceback goes to the log, under a reference the client can quote; Python
-        # internals never go to the client.
-        ref = secrets.token_hex(4)
-        log.exception("unhandled error %s on %s %s", ref, request.method, request.path)
-        return await _answer(request, ProxyError(f"internal error (reference {ref})"))
 
 
 async def _answer(request: web.Request, error: ProxyError) -> web.StreamResponse:
@@ -330,49 +360,3 @@ CORS_HEADERS = (
 
 def origin_allowed(origin: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatchcase(origin, p) for p in patterns)
-
-
-def cors_middleware(origins: tuple[str, ...]) -> Middleware:
-    """Answers CORS preflights (no credentials, no backend involved)."""
-    patterns = DEFAULT_ORIGINS + origins
-
-    @web.middleware
-    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        if (
-            request.method == "OPTIONS"
-            and origin
-            and "Access-Control-Request-Method" in request.headers
-        ):
-            if not origin_allowed(origin, patterns):
-                return web.Response(status=403, text="origin not allowed")
-            return web.Response(
-                status=204,
-                headers={
-                    "Access-Control-Allow-Origin": origin,
-                    "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS",
-                    "Access-Control-Allow-Headers": request.headers.get(
-                        "Access-Control-Request-Headers", CORS_HEADERS
-                    ),
-                    "Access-Control-Max-Age": "43200",
-                    "Vary": "Origin",
-                },
-            )
-        return await handler(request)
-
-    return cors
-
-
-def cors_on_prepare(
-    origins: tuple[str, ...],
-) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
-    """Adds CORS headers as a response starts, which also covers streamed responses."""
-    patterns = DEFAULT_ORIGINS + origins
-
-    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-        origin = request.headers.get("Origin")
-        if origin and origin_allowed(origin, patterns):
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Vary"] = "Origin"
-
-    return on_prepare

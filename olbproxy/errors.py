@@ -18,7 +18,7 @@
         ├── Unavailable            503  no healthy backend, queue full or wait over (Retry-After)
         └── UpstreamTimeout        504  no first byte within the group's timeout
 
-Handlers raise; one middleware (``edge.error_middleware``) renders with ``render()``,
+Handlers raise; one place (``edge.Edge.dispatch``) renders with ``render()``,
 in Ollama's shape ``{"error": "..."}``, on ``/v1/*`` in OpenAI's shape as Ollama's
 compatibility layer does, and on ``/v1/messages`` in Anthropic's. After a response has
 started nothing is rendered: the stream ends with a final error line instead

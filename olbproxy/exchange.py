@@ -110,7 +110,7 @@ class Exchange:
         return None if self.ended is None else self.ended - self.t0
 
 
-# The model exchange of a request, for middleware and hooks that run around the handler.
+# The model exchange of a request, for the edge and hooks that run around the handler.
 EXCHANGE = web.RequestKey("exchange", Exchange)
 
 

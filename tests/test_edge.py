@@ -87,6 +87,19 @@ async def test_no_spelling_of_an_admin_route_reaches_a_backend(site: Site, targe
     assert management_reached(site) == []
 
 
+@pytest.mark.parametrize(("method", "target"), [("OPTIONS", "*"), ("CONNECT", "127.0.0.1:1")])
+async def test_a_target_without_a_path_is_refused_before_the_edge(
+    site: Site, method: str, target: str
+) -> None:
+    # No route can take it (aiohttp's router answers, the app has no middlewares): still
+    # a refusal, and nothing reaches a backend, with credentials or without.
+    token = await kim(site)
+    for headers in ({}, bearer(token)):
+        resp = await rawhttp.request(site.url, method, target, headers=headers)
+        assert resp.status == 404, (method, target, resp.status)
+    assert backend_paths(site) == []
+
+
 async def test_the_canonical_admin_route_is_refused_and_an_admin_gets_it(site: Site) -> None:
     token = await kim(site)
     body = json.dumps({"model": "gpt-oss:20b", "stream": False}).encode()
