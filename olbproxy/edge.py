@@ -232,9 +232,6 @@ class Edge:
             if isinstance(error, Forbidden) and PRINCIPAL in request:
                 self.failures["forbidden"] += 1  # an admin route, a model outside the groups
             return await _answer(request, error)
-        except web.HTTPNotFound:
-            # aiohttp's own (a static file that is not there): still in Ollama's shape.
-            return await _answer(request, NotFound("404 page not found"))
         except (web.HTTPException, asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception:

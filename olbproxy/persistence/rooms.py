@@ -24,8 +24,9 @@ import base64
 import binascii
 import logging
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -40,6 +41,8 @@ from olbproxy.persistence.recording import Recording
 from olbproxy.store import Mark, Message, MessageKind, MessageMark, Room, Store
 
 log = logging.getLogger("olbproxy.persistence.rooms")
+
+T = TypeVar("T")
 
 ROOM_HEADER = "X-Room-Id"
 ROOM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -100,25 +103,31 @@ def encode_cursor(mark: Mark | MessageMark) -> str:
 
 
 def decode_cursor(text: str) -> Mark:
-    millis, ident = _cursor(text, 2)
-    return moment(int(millis)), ident
+    return _decoded(text, 2, _room_mark)
 
 
 def decode_message_cursor(text: str) -> MessageMark:
-    millis, seq, ident = _cursor(text, 3)
+    return _decoded(text, 3, _message_mark)
+
+
+def _room_mark(fields: list[str]) -> Mark:
+    millis, ident = fields
+    return moment(int(millis)), ident
+
+
+def _message_mark(fields: list[str]) -> MessageMark:
+    millis, seq, ident = fields
     return moment(int(millis)), int(seq), ident
 
 
-def _cursor(text: str, parts: int) -> list[str]:
+def _decoded(text: str, parts: int, mark: Callable[[list[str]], T]) -> T:
+    """``mark`` of the cursor's ``parts`` fields; anything unreadable is a 400."""
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
         fields = raw.split("|", parts - 1)
-        if len(fields) != parts or not fields[-1]:
+        if not fields[-1]:
             raise ValueError(raw)
-        moment(int(fields[0]))  # a time MongoDB can keep
-        if parts == 3:
-            int(fields[1])
-        return fields
+        return mark(fields)  # a wrong number of fields is a ValueError too
     except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError, OSError):
         raise BadRequest("invalid cursor: pass next_cursor from the previous page as is") from None
 
