@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 from urllib.parse import quote
@@ -151,6 +152,26 @@ async def test_bad_paging_parameters_are_400(site: Site) -> None:
         status, data = await call(site, "GET", f"/api/rooms?{query}", kim)
         assert status == 400, query
         assert data["error"]
+
+
+async def test_a_message_cursor_we_could_not_have_issued_is_400(site: Site) -> None:
+    kim = await site.user_with_token("kim")
+    await chat(site, kim, "hello")
+    await settled(site)
+    room = (await call(site, "GET", "/api/rooms", kim))[1]["rooms"][0]["id"]
+    forged = [
+        "1795486422878|0|ab",  # fine: a page after the start, still 200
+        "1795486422878|ab",  # the rooms' shape
+        "1795486422878|x|ab",
+        "1795486422878|-1|ab",
+        "1795486422878|" + "9" * 40 + "|ab",  # more than MongoDB's 8-byte integers
+        "99999999999999999|1|ab",  # after the year 9999
+        "|||",
+    ]
+    for text in forged:
+        cursor = base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+        status, data = await call(site, "GET", f"/api/rooms/{room}/messages?cursor={cursor}", kim)
+        assert status == (200 if text == forged[0] else 400), (text, status, data)
 
 
 async def test_a_named_room_is_opened_for_its_caller_and_refused_to_others(site: Site) -> None:

@@ -6,9 +6,11 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from bson import ObjectId
 from identity import database_of, store_settings
 
+from olbproxy.errors import ProxyError
 from olbproxy.settings import Settings
 from olbproxy.store import Message, Room, RoomStep, Served, Store
 from olbproxy.store.backends import open_store
@@ -262,3 +264,15 @@ async def test_an_earlier_versions_message_index_gives_way_to_the_ordered_one(
     again = open_store(Settings(store=store_settings(mongo_uri)))
     await again.start()  # and a start without it goes on as usual
     await again.close()
+
+
+async def test_an_integer_mongodb_cannot_hold_is_a_refusal_not_a_crash(mongo_uri: str) -> None:
+    # BSON integers are at most 8 bytes; pymongo raises OverflowError, not one of its own.
+    store = open_store(Settings(store=store_settings(mongo_uri)))
+    await store.start()
+    try:
+        with pytest.raises(ProxyError, match="MongoDB cannot store this document"):
+            await store.messages.add([message("m1", counters={"eval_count": 1 << 70})])
+        assert await store.messages.get_many(["m1"]) == []
+    finally:
+        await store.close()

@@ -116,8 +116,11 @@ def _room_mark(fields: list[str]) -> Mark:
 
 
 def _message_mark(fields: list[str]) -> MessageMark:
-    millis, seq, ident = fields
-    return moment(int(millis)), int(seq), ident
+    millis, position, ident = fields
+    seq = int(position)
+    if not 0 <= seq < 1 << 63:  # a position we never gave, or one MongoDB cannot hold
+        raise ValueError(position)
+    return moment(int(millis)), seq, ident
 
 
 def _decoded(text: str, parts: int, mark: Callable[[list[str]], T]) -> T:

@@ -41,5 +41,5 @@ def mongo_errors(seconds: float | None = None) -> Iterator[None]:
         if exc.timeout:
             raise Unavailable(f"MongoDB did not answer in {seconds:g}s") from exc
         raise ProxyError(f"MongoDB refused the operation: {short(exc)}") from exc
-    except BSONError as exc:  # e.g. a document over 16 MiB
+    except (BSONError, OverflowError) as exc:  # over 16 MiB; an integer over 8 bytes
         raise ProxyError(f"MongoDB cannot store this document: {exc}") from exc
