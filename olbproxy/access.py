@@ -75,6 +75,107 @@ def _value(value: Any) -> str:
     return _quoted(text)
 
 
+def exchange_fields(exchange: Exchange, reason: str | None) -> dict[str, Any]:
+    """The fields of an exchange's line (``reason``: why it failed, if it did)."""
+    placed = exchange.placed
+    counters = exchange.counters
+    return {
+        "event": "exchange",
+        "client": exchange.client,
+        "user": exchange.user_name,
+        "key": exchange.key_id,
+        "method": exchange.method,
+        "route": exchange.endpoint,
+        "model": exchange.model,
+        "group": exchange.group,
+        "instance": exchange.backend,
+        "placement": placed.reason or None if placed is not None else None,
+        "status": exchange.status or None,
+        "outcome": exchange.outcome,
+        "reason": reason,
+        "queue_ms": _ms(exchange.queue_wait),
+        "ttft_ms": _ms(exchange.ttft),
+        "duration_ms": _ms(exchange.duration),
+        "prompt_tokens": counters.get("prompt_eval_count"),
+        "output_tokens": counters.get("eval_count"),
+        "bytes_in": exchange.bytes_in,
+        "bytes_out": sum(map(len, exchange.chunks)),
+    }
+
+
+def _exchange_text(e: Exchange, reason: str | None) -> str:
+    """``_text(exchange_fields(e, reason))``, the line of an exchange, made faster.
+
+    Every request writes one, and the dict and ``_text`` cost more than the rest of the
+    line's way to the log. Its first twelve fields (who, what, where, how it ended)
+    repeat from one request to the next: their text is kept by their values (``_HEADS``)
+    and only the numbers are formatted per line (callgrind: 15,800 instructions a line,
+    against 46,000)."""
+    placed = e.placed
+    fields = (
+        e.client,
+        e.user_name,
+        e.key_id,
+        e.method,
+        e.endpoint,
+        e.model,
+        e.group,
+        e.backend,
+        placed.reason or None if placed is not None else None,
+        e.status or None,
+        e.outcome,
+        reason,
+    )
+    head = _HEADS.get(fields)
+    if head is None:
+        head = _text({"event": "exchange", **dict(zip(_HEAD_KEYS, fields, strict=True))})
+        # Not kept: a failure's reason, or a value too long or odd to show unquoted (so
+        # every string kept is at most _VALUE_MAX characters).
+        if reason is None and '"' not in head and len(_HEADS) < _HEADS_MAX:
+            _HEADS[fields] = head
+    t0, first, ended, chunks = e.t0, e.first_byte, e.ended, e.chunks
+    get = e.counters.get
+    prompt, output = get("prompt_eval_count"), get("eval_count")
+    out = len(chunks[0]) if len(chunks) == 1 else sum(map(len, chunks))
+    if first is None or ended is None or type(prompt) is not int or type(output) is not int:
+        numbers = {
+            "queue_ms": _ms(e.queue_wait),
+            "ttft_ms": _ms(e.ttft),
+            "duration_ms": _ms(e.duration),
+            "prompt_tokens": prompt,
+            "output_tokens": output,
+            "bytes_in": e.bytes_in,
+            "bytes_out": out,
+        }
+        return f"{head} {_text(numbers)}"
+    return (
+        f"{head} queue_ms={round(e.queue_wait * 1000)} ttft_ms={round((first - t0) * 1000)}"
+        f" duration_ms={round((ended - t0) * 1000)} prompt_tokens={prompt}"
+        f" output_tokens={output} bytes_in={e.bytes_in} bytes_out={out}"
+    )
+
+
+# The exchange line's fields before its numbers, in order (``AccessLog.observe``).
+_HEAD_KEYS = (
+    "client",
+    "user",
+    "key",
+    "method",
+    "route",
+    "model",
+    "group",
+    "instance",
+    "placement",
+    "status",
+    "outcome",
+    "reason",
+)
+# Their text, by their values: strings and ints only, so no two keys are equal unless
+# their text is (``True == 1`` cannot arise: statuses are ints, never booleans).
+_HEADS: dict[tuple[str | int | None, ...], str] = {}
+_HEADS_MAX = 4096  # a client inventing model names cannot grow it past this
+
+
 def _quoted(text: str) -> str:
     if len(text) > _VALUE_MAX:
         text = text[:_VALUE_MAX] + "..."
@@ -109,15 +210,19 @@ class AccessLog:
             return
         if self.json_format:
             present = {k: v for k, v in fields.items() if v is not None}
-            message, extra = str(present.get("event")), {FIELDS: present}
+            self._emit(str(present.get("event")), present)
         else:
-            message, extra = _text(fields), None
+            self._emit(_text(fields), None)
+
+    def _emit(self, message: str, present: dict[str, Any] | None) -> None:
+        """The line (``present``: its fields, for JSON lines) to the log."""
         batcher = direct(log)
         if batcher is not None:
-            batcher.info(log.name, message, present if self.json_format else None)
+            batcher.info(log.name, message, present)
             return
         # makeRecord + handle, not log.info: info() looks up its caller's frame, which
         # here would cost more than building the whole line.
+        extra = {FIELDS: present} if present is not None else None
         log.handle(
             log.makeRecord(log.name, logging.INFO, __file__, 0, message, (), None, extra=extra)
         )
@@ -128,35 +233,13 @@ class AccessLog:
         """An ``OllamaApi`` observer: the line of a finished model exchange."""
         if not self.enabled:
             return
-        counters = exchange.counters
-        outcome = exchange.outcome
         reason = exchange.error
-        if reason is None and outcome == "error" and exchange.status >= 400:
+        if reason is None and exchange.outcome == "error" and exchange.status >= 400:
             reason = f"the backend answered {exchange.status}"
-        self.write(
-            {
-                "event": "exchange",
-                "client": exchange.client,
-                "user": exchange.user_name,
-                "key": exchange.key_id,
-                "method": exchange.method,
-                "route": exchange.endpoint,
-                "model": exchange.model,
-                "group": exchange.group,
-                "instance": exchange.backend,
-                "placement": exchange.placed.reason or None if exchange.placed else None,
-                "status": exchange.status or None,
-                "outcome": outcome,
-                "reason": reason,
-                "queue_ms": _ms(exchange.queue_wait),
-                "ttft_ms": _ms(exchange.ttft),
-                "duration_ms": _ms(exchange.duration),
-                "prompt_tokens": counters.get("prompt_eval_count"),
-                "output_tokens": counters.get("eval_count"),
-                "bytes_in": exchange.bytes_in,
-                "bytes_out": sum(map(len, exchange.chunks)),
-            }
-        )
+        if self.json_format or not log.isEnabledFor(logging.INFO):
+            self.write(exchange_fields(exchange, reason))
+        else:
+            self._emit(_exchange_text(exchange, reason), None)
 
     def refusal(self, request: web.Request, error: ProxyError) -> None:
         exchange = request.get(EXCHANGE)

@@ -20,6 +20,7 @@ from identity import CHAT, PASSWORD, Site, basic, bearer, site_settings
 
 from olbproxy import access, logs
 from olbproxy.access import AccessLog
+from olbproxy.exchange import Exchange, Placed
 from olbproxy.logs import Logs
 from olbproxy.settings import LogFormat
 
@@ -265,6 +266,58 @@ def test_a_value_is_quoted_exactly_when_it_has_a_space_a_quote_an_equals_or_a_ba
     assert (line == f"user={value}") is plain
     if not plain:
         assert line.startswith('user="') and "\n" not in line
+
+
+_NAMES = st.text(st.sampled_from(EDGES) | st.characters(codec="utf-8"), max_size=220)
+_COUNTS = st.none() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | _NAMES
+
+
+@given(
+    head=st.tuples(
+        st.none() | st.sampled_from(["127.0.0.1", "::1"]) | _NAMES,  # client
+        st.sampled_from(["kim", "anonymous"]) | _NAMES,  # user
+        st.none() | st.sampled_from(["3fa9c2d41b7e"]) | _NAMES,  # key
+        st.sampled_from(["POST", "GET"]),
+        st.sampled_from(["/api/chat", "/v1/chat/completions"]),
+        st.none() | st.sampled_from(["gpt-oss:20b"]) | _NAMES,  # model
+        st.none() | st.sampled_from(["20b"]) | _NAMES,  # group
+        st.none() | st.sampled_from(["127.0.0.1:11435"]),  # instance
+        st.none() | st.sampled_from(["", "sticky", "resident"]),  # placement
+        st.integers(0, 599),
+        st.sampled_from(["pending", "done", "cancelled", "error"]),
+        st.none() | _NAMES,  # error
+    ),
+    times=st.tuples(
+        st.floats(0, 1e4), st.none() | st.floats(0, 1e4), st.none() | st.floats(0, 1e4)
+    ),
+    counts=st.tuples(_COUNTS, _COUNTS),
+    chunks=st.lists(st.binary(max_size=40), max_size=3),
+)
+def test_an_exchange_line_is_the_line_of_its_fields(
+    head: tuple[Any, ...], times: tuple[Any, ...], counts: tuple[Any, ...], chunks: list[bytes]
+) -> None:
+    # The line every request writes is made by a faster road than other lines (its
+    # fields' text kept by their values); it must be the same text, repeats included.
+    client, user, key, method, route, model, group, instance, placement, status = head[:10]
+    exchange = Exchange(endpoint=route, model=model, group=group, user_name=user,
+                        client=client, key_id=key, method=method, bytes_in=len(route))  # fmt: skip
+    exchange.backend, exchange.status, exchange.outcome, exchange.error = (
+        instance,
+        status,
+        head[10],
+        head[11],
+    )
+    exchange.placed = Placed(placement) if placement is not None else None
+    queue, ttft, duration = times
+    exchange.queue_wait = queue
+    exchange.first_byte = None if ttft is None else exchange.t0 + ttft
+    exchange.ended = None if duration is None else exchange.t0 + duration
+    exchange.counters = {"prompt_eval_count": counts[0], "eval_count": counts[1]}
+    exchange.chunks = chunks
+    for _ in range(2):  # the first time makes the kept text, the second uses it
+        for reason in (exchange.error, None):
+            expected = access._text(access.exchange_fields(exchange, reason))
+            assert access._exchange_text(exchange, reason) == expected
 
 
 class _Transport:
