@@ -37,8 +37,34 @@ def new_id() -> str:
     # Time-ordered (like uuid7) so records sort by creation. The 80 bits after the time
     # come from the OS's cryptographic source: a room opens under the id of its first
     # exchange, so nobody may guess the id another user's next room will have.
-    # os.urandom directly: secrets.randbits goes through SystemRandom in Python.
-    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+    return f"{time.time_ns() // 1_000_000:012x}{_RANDOM.take()}"
+
+
+class _Random:
+    """The OS's cryptographic bytes, read 4 KiB at a time (one ``getrandom`` call per
+    400 ids instead of one per request), ten bytes as hex per id; each byte is used
+    once. A child forked after a read starts with none: it must not reuse its parent's."""
+
+    SIZE = 10  # bytes per id
+    BATCH = 410  # ids per read
+
+    def __init__(self) -> None:
+        self.hex = ""
+        self.at = 0
+
+    def take(self) -> str:
+        at = self.at
+        if at >= len(self.hex):
+            self.hex, at = os.urandom(self.SIZE * self.BATCH).hex(), 0
+        self.at = at + 2 * self.SIZE
+        return self.hex[at : at + 2 * self.SIZE]
+
+    def forget(self) -> None:
+        self.hex, self.at = "", 0
+
+
+_RANDOM = _Random()
+os.register_at_fork(after_in_child=_RANDOM.forget)
 
 
 @dataclass(slots=True)
@@ -184,7 +210,13 @@ def _objects(exchange: Exchange, data: bytes) -> list[dict[str, Any]]:
 def final_counters(exchange: Exchange) -> dict[str, Any]:
     """Counters from the final object only: cheap enough for every request."""
     # SSE: the usage frame comes before "[DONE]" (and a finish frame before it).
-    lines = last_lines(exchange.chunks, 3 if exchange.sse else 1)
+    chunks = exchange.chunks
+    if not exchange.sse and len(chunks) == 1 and b"\n" not in chunks[0].rstrip():
+        # A whole answer in one piece (every non-streamed one through the lane): it is
+        # its own last line, without last_lines' split and join.
+        lines = [chunks[0]] if chunks[0].strip() else []
+    else:
+        lines = last_lines(chunks, 3 if exchange.sse else 1)
     for line in reversed(lines):
         if exchange.sse:
             if not line.startswith(b"data:") or b"usage" not in line:
@@ -202,7 +234,10 @@ def final_counters(exchange: Exchange) -> dict[str, Any]:
                 "prompt_eval_count": usage.get("prompt_tokens"),
                 "eval_count": usage.get("completion_tokens"),
             }
-        counters = {k: value[k] for k in COUNTER_FIELDS if k in value}
+        counters = {}
+        for k in COUNTER_FIELDS:  # a loop: a comprehension is a function call in 3.11
+            if k in value:
+                counters[k] = value[k]
         if "done_reason" in value:
             counters["done_reason"] = value["done_reason"]
         return counters

@@ -116,7 +116,7 @@ class _Batcher(logging.Handler):
         """An INFO line of ``logger`` without a LogRecord (see ``direct``): the line
         ``emit`` would have made of it, through the same batch."""
         formatter = self.formatter
-        assert isinstance(formatter, TextFormatter | JsonFormatter)
+        assert isinstance(formatter, _LINE_FORMATTERS)
         text = formatter.line(logger, time.time(), message, fields)
         self.acquire()
         try:
@@ -210,6 +210,10 @@ class TextFormatter(logging.Formatter):
             self._second = second
             self._clock = time.strftime(self.default_time_format, self.converter(second))
         return f"{self._clock},{int((created - second) * 1000):03d} INFO    {logger}: {message}"
+
+
+# For isinstance(): a tuple, not a union object built on every access line.
+_LINE_FORMATTERS = (TextFormatter, JsonFormatter)
 
 
 def direct(logger: logging.Logger) -> _Batcher | None:

@@ -32,6 +32,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from olbproxy.body import NUMBER
 from olbproxy.config import parse_listen
 from olbproxy.edge import Access, Route, route
 from olbproxy.exchange import Exchange
@@ -285,6 +286,6 @@ def _status(exchange: Exchange) -> str:
 
 
 def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, NUMBER):
         return None
     return float(value)

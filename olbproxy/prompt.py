@@ -28,6 +28,8 @@ from typing import Any
 
 import orjson
 
+from olbproxy.body import NUMBER
+
 # Options that make Ollama load a new runner when they differ from the loaded one's
 # (api.Runner): a request that changes them reloads the model under everyone else.
 RUNNER_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
@@ -160,7 +162,7 @@ def _limit(body: Mapping[str, Any]) -> int | None:
         body.get("max_output_tokens"),
     ]
     for value in candidates:
-        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        if isinstance(value, NUMBER) and not isinstance(value, bool) and value > 0:
             return int(value)
     return None
 

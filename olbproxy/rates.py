@@ -106,21 +106,35 @@ class Sample(NamedTuple):
 
     @classmethod
     def of(cls, counters: dict[str, object]) -> Sample:
+        # A JSON number, or 0 for anything else (a string, true, null): type() rather
+        # than isinstance, as a bool is an int to isinstance. Written out, and the tuple
+        # made directly: this runs for every exchange, and a function per field was
+        # most of its cost (callgrind: 12,000 instructions against 7,600).
         get = counters.get
-        load = get("load_duration")
-        return cls(
-            int(_number(get("prompt_eval_count"))),
-            _number(get("prompt_eval_duration")) / 1e9,
-            int(_number(get("eval_count"))),
-            _number(get("eval_duration")) / 1e9,
-            _number(load) / 1e9 if load is not None else None,
+        p, ps, a, s, load = (
+            get("prompt_eval_count"),
+            get("prompt_eval_duration"),
+            get("eval_count"),
+            get("eval_duration"),
+            get("load_duration"),
+        )
+        return _new_tuple(
+            cls,
+            (
+                int(p) if type(p) is int or type(p) is float else 0,
+                ps / 1e9 if type(ps) is int or type(ps) is float else 0.0,
+                int(a) if type(a) is int or type(a) is float else 0,
+                s / 1e9 if type(s) is int or type(s) is float else 0.0,
+                None
+                if load is None
+                else load / 1e9
+                if type(load) is int or type(load) is float
+                else 0.0,
+            ),
         )
 
 
-def _number(value: object) -> float:
-    """A JSON number as a float; anything else (a string, true, null) as 0."""
-    # type() rather than isinstance: a bool is an int to isinstance.
-    return float(value) if type(value) is int or type(value) is float else 0.0
+_new_tuple = tuple.__new__
 
 
 class Learned:

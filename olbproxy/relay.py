@@ -46,6 +46,9 @@ from olbproxy.splice import Splice, can_splice, relay_spliced
 from olbproxy.upstream import Failure, Upstream, request_head
 from olbproxy.watchdog import Watchdog
 
+# isinstance()'s tuple: ``bytes | None`` would build a union object per request.
+_BYTES_OR_NONE = (bytes, type(None))
+
 log = logging.getLogger("olbproxy.relay")
 
 
@@ -88,13 +91,13 @@ class Relay:
         ``whole``: the client asked for the answer in one piece (``stream: false``)."""
         tried: list[Backend] = []
         last: Failure | None = None
-        if not isinstance(body, bytes | None):
+        if not isinstance(body, _BYTES_OR_NONE):
             attempts = 1  # a streamed upload cannot be sent twice
         # The lane (lane.py), where it serves the instance: whole answers, and token
         # streams spliced from its body callback (the splice writes to the client).
         via_lane: LanePath | None = None
         lane_body: bytes | None = None
-        if self.lane is not None and isinstance(body, bytes | None):
+        if self.lane is not None and isinstance(body, _BYTES_OR_NONE):
             lane_body = body
             if whole and request.method != "HEAD":
                 via_lane = self._whole

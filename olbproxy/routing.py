@@ -20,11 +20,31 @@ _GLOB_CHARS = frozenset("*?[")
 
 def normalise_model(name: str) -> str:
     """``gpt-oss`` -> ``gpt-oss:latest``; a tag is only looked for in the last path segment."""
+    return _NORMALISED[name]
+
+
+def _normalised(name: str) -> str:
     name = name.strip().lower()
     last = name.rsplit("/", 1)[-1]
     if name and ":" not in last:
         name += ":latest"
     return name
+
+
+class _Normalised(dict[str, str]):
+    """Names normalised before, remembered: a small request normalises its model five
+    times (routing, placement, metrics), and the team uses a handful of names. A client
+    inventing names cannot grow it past ``_NORMALISED_MAX``; those are worked out anew."""
+
+    def __missing__(self, name: str) -> str:
+        normal = _normalised(name)
+        if len(self) < _NORMALISED_MAX and len(name) <= 256:
+            self[name] = normal
+        return normal
+
+
+_NORMALISED_MAX = 4096
+_NORMALISED = _Normalised()
 
 
 def is_cloud(model: str) -> bool:

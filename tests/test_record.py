@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
-from olbproxy.exchange import Exchange
+from olbproxy.exchange import Exchange, final_counters, new_id
 from olbproxy.persistence.history import answered, history
 from olbproxy.persistence.record import Record, record_of
 
@@ -183,3 +184,39 @@ def test_huge_texts_are_cut_to_fit_a_document() -> None:
     record = record_of(exchange, store_content=True)
     assert record.truncated == ["input"]
     assert record.input is not None and len(record.input.encode()) <= 4 * 1024 * 1024
+
+
+def test_exchange_ids_are_unique_and_a_forked_child_never_repeats_its_parents() -> None:
+    # Ids take their random part from bytes read from the OS in batches; a child forked
+    # with a batch half used must not hand out the ids its parent hands out next.
+    first = [new_id() for _ in range(1000)]
+    assert len(set(first)) == 1000 and all(len(i) == 32 for i in first)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child reports through the pipe)
+        os.write(write, "".join(new_id()[12:] for _ in range(5)).encode())
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(child, 0)
+    theirs = os.read(read, 4096).decode()
+    os.close(read)
+    assert status == 0 and len(theirs) == 100
+    mine = [new_id()[12:] for _ in range(5)]
+    assert not {theirs[i : i + 20] for i in range(0, 100, 20)} & set(mine)
+
+
+def test_the_counters_of_a_whole_answer_in_one_piece_are_its_own() -> None:
+    # A non-streamed answer through the lane is one chunk: read as its own last line.
+    final = {"model": "m", "done": True, "done_reason": "stop", "eval_count": 7}
+    final |= {"prompt_eval_count": 3, "total_duration": 9, "message": {"content": "a\nb"}}
+    for body in (
+        json.dumps(final).encode(),
+        json.dumps(final).encode() + b"\n",
+        b"\n" + json.dumps(final).encode(),
+    ):
+        exchange = Exchange(endpoint="/api/chat", chunks=[body])
+        assert final_counters(exchange) == {
+            "eval_count": 7, "prompt_eval_count": 3, "total_duration": 9, "done_reason": "stop"
+        }  # fmt: skip
+    assert final_counters(Exchange(endpoint="/api/chat", chunks=[b" \n"])) == {}
+    assert final_counters(Exchange(endpoint="/api/chat", chunks=[b'{"error":"x"}'])) == {}

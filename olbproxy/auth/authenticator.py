@@ -69,6 +69,9 @@ BASIC_HINT = (
 )
 
 
+PRINCIPALS = 4096  # principals kept (``Authenticator._principal``)
+
+
 class Authenticator:
     """The authentication middleware and what it needs: tokens, the directory, accounts."""
 
@@ -87,6 +90,11 @@ class Authenticator:
             ipaddress.ip_network(n, strict=False) for n in settings.trusted_networks
         )
         self._hosts = trusted_host_names(settings.trusted_hosts)
+        # The principal made for a user record and a way in, while that record is the
+        # directory's current one: every request of a user asks for the same, and making
+        # a frozen dataclass of eight fields was most of an authentication. A changed
+        # user (refresh, password, groups) is a new record, hence a new principal.
+        self._principals: dict[tuple[int, str], tuple[User, Principal]] = {}
 
     async def start(self, supervisor: Supervisor) -> None:
         """Keep the directory fresh; prepare the unknown-user dummy hash."""
@@ -208,9 +216,16 @@ class Authenticator:
         if user.disabled:
             self.failures["disabled"] += 1
             raise Forbidden(f"account '{user.username}' is disabled")
-        return Principal(
+        made = self._principals.get((id(user), via))
+        if made is not None and made[0] is user:
+            return made[1]
+        principal = Principal(
             id=user.id, name=user.username, role=user.role, groups=user.groups, via=via
         )
+        if len(self._principals) >= PRINCIPALS:
+            self._principals.clear()  # records replaced by refreshes: start afresh
+        self._principals[id(user), via] = (user, principal)
+        return principal
 
     def _reject(self, reason: str, message: str) -> Unauthorized:
         self.failures[reason] += 1
