@@ -42,7 +42,7 @@ def new_id() -> str:
 
 class _Random:
     """The OS's cryptographic bytes, read 4 KiB at a time (one ``getrandom`` call per
-    400 ids instead of one per request), ten bytes as hex per id; each byte is used
+    410 ids instead of one per request), ten bytes as hex per id; each byte is used
     once. A child forked after a read starts with none: it must not reuse its parent's."""
 
     SIZE = 10  # bytes per id
