@@ -131,7 +131,9 @@ def _exchange_text(e: Exchange, reason: str | None) -> str:
         head = _text({"event": "exchange", **dict(zip(_HEAD_KEYS, fields, strict=True))})
         # Not kept: a failure's reason, or a value too long or odd to show unquoted (so
         # every string kept is at most _VALUE_MAX characters).
-        if reason is None and '"' not in head and len(_HEADS) < _HEADS_MAX:
+        if reason is None and '"' not in head:
+            if len(_HEADS) >= _HEADS_MAX:
+                _HEADS.clear()  # clients and instances come and go: keep what is current
             _HEADS[fields] = head
     t0, first, ended, chunks = e.t0, e.first_byte, e.ended, e.chunks
     get = e.counters.get

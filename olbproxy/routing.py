@@ -34,11 +34,13 @@ def _normalised(name: str) -> str:
 class _Normalised(dict[str, str]):
     """Names normalised before, remembered: a small request normalises its model five
     times (routing, placement, metrics), and the team uses a handful of names. A client
-    inventing names cannot grow it past ``_NORMALISED_MAX``; those are worked out anew."""
+    inventing names cannot grow it past ``_NORMALISED_MAX``."""
 
     def __missing__(self, name: str) -> str:
         normal = _normalised(name)
-        if len(self) < _NORMALISED_MAX and len(name) <= 256:
+        if len(name) <= 256:
+            if len(self) >= _NORMALISED_MAX:
+                self.clear()  # names invented by a client: the team's come back at once
             self[name] = normal
         return normal
 

@@ -389,3 +389,16 @@ def test_another_listener_still_gets_access_records(caplog: pytest.LogCaptureFix
     (record,) = [r for r in caplog.records if r.name == "olbproxy.access"]
     assert record.getMessage().startswith('event=exchange user="kim lee" route=/api/chat')
     assert "olbproxy.access: event=exchange" in stream.getvalue()  # and in our log too
+
+
+def test_clients_that_come_and_go_never_grow_the_kept_line_heads_past_their_bound() -> None:
+    exchange = Exchange(endpoint="/api/chat", model="gpt-oss:20b", group="20b", user_name="kim")
+    exchange.backend, exchange.status, exchange.outcome = "127.0.0.1:11435", 200, "done"
+    exchange.placed = Placed("resident")
+    for n in range(access._HEADS_MAX + 500):
+        exchange.client = f"10.0.{n // 256}.{n % 256}"
+        line = access._exchange_text(exchange, None)
+        assert line == access._text(access.exchange_fields(exchange, None))
+        assert len(access._HEADS) <= access._HEADS_MAX
+    # The current clients' text is kept: the heads start afresh rather than freezing.
+    assert any(f"client={exchange.client} " in head for head in access._HEADS.values())

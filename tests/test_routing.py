@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from olbproxy import routing
 from olbproxy.errors import Forbidden, ModelNotFound
 from olbproxy.routing import Router, normalise_model
 from olbproxy.settings import GroupSettings
@@ -67,3 +68,14 @@ def test_apply_swaps_the_table() -> None:
     router.apply([g("b", "y")])
     assert router.group_for("x") is None
     assert routed(router, "y") == "b"
+
+
+def test_names_a_client_invents_never_grow_the_remembered_names_past_their_bound() -> None:
+    for n in range(routing._NORMALISED_MAX + 500):
+        assert normalise_model(f"Invented-{n}") == f"invented-{n}:latest"
+    assert len(routing._NORMALISED) <= routing._NORMALISED_MAX
+    # What is current stays remembered: the memo starts afresh rather than freezing.
+    assert f"Invented-{routing._NORMALISED_MAX + 499}" in routing._NORMALISED
+    assert normalise_model(" GPT-OSS ") == "gpt-oss:latest"
+    assert normalise_model("x" * 300) == "x" * 300 + ":latest"  # too long to keep
+    assert "x" * 300 not in routing._NORMALISED
