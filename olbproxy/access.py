@@ -30,6 +30,7 @@ password crossed the network readable (serve TLS, see tls.py).
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import logging
 from typing import Any
@@ -37,6 +38,7 @@ from typing import Any
 from aiohttp import web
 
 from olbproxy.auth.principal import PRINCIPAL
+from olbproxy.cache import Bounded
 from olbproxy.errors import ProxyError
 from olbproxy.exchange import EXCHANGE, Exchange
 from olbproxy.logs import FIELDS, direct
@@ -107,12 +109,13 @@ def _exchange_text(e: Exchange, reason: str | None) -> str:
     """``_text(exchange_fields(e, reason))``, the line of an exchange, made faster.
 
     Every request writes one, and the dict and ``_text`` cost more than the rest of the
-    line's way to the log. Its first twelve fields (who, what, where, how it ended)
-    repeat from one request to the next: their text is kept by their values (``_HEADS``)
-    and only the numbers are formatted per line (callgrind: 15,800 instructions a line,
-    against 46,000)."""
+    line's way to the log. Its fields before the numbers (who, what, where, how it
+    ended) repeat from one request to the next: their text is kept by their values
+    (``_HEADS``) and only the numbers are formatted per line (callgrind: 15,800
+    instructions a line, against 46,000). A line with a number absent or odd (no first
+    byte, a count that is not an integer) is made the general way."""
     placed = e.placed
-    fields = (
+    values = (
         e.client,
         e.user_name,
         e.key_id,
@@ -126,30 +129,21 @@ def _exchange_text(e: Exchange, reason: str | None) -> str:
         e.outcome,
         reason,
     )
-    head = _HEADS.get(fields)
+    head = _HEADS.get(values)
+    fields = None
     if head is None:
-        head = _text({"event": "exchange", **dict(zip(_HEAD_KEYS, fields, strict=True))})
+        fields = exchange_fields(e, reason)
+        head = _text(dict(itertools.islice(fields.items(), _HEAD_FIELDS)))
         # Not kept: a failure's reason, or a value too long or odd to show unquoted (so
         # every string kept is at most _VALUE_MAX characters).
         if reason is None and '"' not in head:
-            if len(_HEADS) >= _HEADS_MAX:
-                _HEADS.clear()  # clients and instances come and go: keep what is current
-            _HEADS[fields] = head
+            _HEADS.put(values, head)
     t0, first, ended, chunks = e.t0, e.first_byte, e.ended, e.chunks
     get = e.counters.get
     prompt, output = get("prompt_eval_count"), get("eval_count")
-    out = len(chunks[0]) if len(chunks) == 1 else sum(map(len, chunks))
     if first is None or ended is None or type(prompt) is not int or type(output) is not int:
-        numbers = {
-            "queue_ms": _ms(e.queue_wait),
-            "ttft_ms": _ms(e.ttft),
-            "duration_ms": _ms(e.duration),
-            "prompt_tokens": prompt,
-            "output_tokens": output,
-            "bytes_in": e.bytes_in,
-            "bytes_out": out,
-        }
-        return f"{head} {_text(numbers)}"
+        return _text(fields if fields is not None else exchange_fields(e, reason))
+    out = len(chunks[0]) if len(chunks) == 1 else sum(map(len, chunks))
     return (
         f"{head} queue_ms={round(e.queue_wait * 1000)} ttft_ms={round((first - t0) * 1000)}"
         f" duration_ms={round((ended - t0) * 1000)} prompt_tokens={prompt}"
@@ -157,25 +151,14 @@ def _exchange_text(e: Exchange, reason: str | None) -> str:
     )
 
 
-# The exchange line's fields before its numbers, in order (``AccessLog.observe``).
-_HEAD_KEYS = (
-    "client",
-    "user",
-    "key",
-    "method",
-    "route",
-    "model",
-    "group",
-    "instance",
-    "placement",
-    "status",
-    "outcome",
-    "reason",
-)
-# Their text, by their values: strings and ints only, so no two keys are equal unless
-# their text is (``True == 1`` cannot arise: statuses are ints, never booleans).
-_HEADS: dict[tuple[str | int | None, ...], str] = {}
-_HEADS_MAX = 4096  # a client inventing model names cannot grow it past this
+# ``exchange_fields``' first thirteen, "event" to "reason": the head of the line.
+_HEAD_FIELDS = 13
+# Their text, by the values in the order ``_exchange_text`` takes them: strings and
+# ints only, so no two keys are equal unless their text is (``True == 1`` cannot arise:
+# statuses are ints, never booleans). Bounded: a client inventing model names, or
+# clients that come and go, cannot grow it.
+_HEADS_MAX = 4096
+_HEADS: Bounded[tuple[str | int | None, ...], str] = Bounded(_HEADS_MAX)
 
 
 def _quoted(text: str) -> str:

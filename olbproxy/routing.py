@@ -20,7 +20,14 @@ _GLOB_CHARS = frozenset("*?[")
 
 def normalise_model(name: str) -> str:
     """``gpt-oss`` -> ``gpt-oss:latest``; a tag is only looked for in the last path segment."""
-    return _NORMALISED[name]
+    # Remembered: a small request normalises its model five times (routing, placement,
+    # metrics), and the team uses a handful of names.
+    known = _NORMALISED.get(name)
+    if known is None:
+        known = _normalised(name)
+        if len(name) <= 256:
+            _NORMALISED.put(name, known)
+    return known
 
 
 def _normalised(name: str) -> str:
@@ -31,22 +38,8 @@ def _normalised(name: str) -> str:
     return name
 
 
-class _Normalised(dict[str, str]):
-    """Names normalised before, remembered: a small request normalises its model five
-    times (routing, placement, metrics), and the team uses a handful of names. A client
-    inventing names cannot grow it past ``_NORMALISED_MAX``."""
-
-    def __missing__(self, name: str) -> str:
-        normal = _normalised(name)
-        if len(name) <= 256:
-            if len(self) >= _NORMALISED_MAX:
-                self.clear()  # names invented by a client: the team's come back at once
-            self[name] = normal
-        return normal
-
-
-_NORMALISED_MAX = 4096
-_NORMALISED = _Normalised()
+_NORMALISED_MAX = 4096  # a client inventing names cannot grow it past this
+_NORMALISED: Bounded[str, str] = Bounded(_NORMALISED_MAX)
 
 
 def is_cloud(model: str) -> bool:

@@ -45,6 +45,7 @@ from olbproxy.auth.accounts import Accounts, username_key
 from olbproxy.auth.directory import Directory
 from olbproxy.auth.principal import Principal
 from olbproxy.auth.tokens import Tokens, key_id_of, key_matches
+from olbproxy.cache import Bounded
 from olbproxy.errors import Forbidden, Unauthorized
 from olbproxy.settings import AuthSettings
 from olbproxy.store import Store, User
@@ -69,9 +70,6 @@ BASIC_HINT = (
 )
 
 
-PRINCIPALS = 4096  # principals kept (``Authenticator._principal``)
-
-
 class Authenticator:
     """The authentication middleware and what it needs: tokens, the directory, accounts."""
 
@@ -94,7 +92,7 @@ class Authenticator:
         # directory's current one: every request of a user asks for the same, and making
         # a frozen dataclass of eight fields was most of an authentication. A changed
         # user (refresh, password, groups) is a new record, hence a new principal.
-        self._principals: dict[tuple[int, str], tuple[User, Principal]] = {}
+        self._principals: Bounded[tuple[int, str], tuple[User, Principal]] = Bounded(4096)
 
     async def start(self, supervisor: Supervisor) -> None:
         """Keep the directory fresh; prepare the unknown-user dummy hash."""
@@ -222,9 +220,7 @@ class Authenticator:
         principal = Principal(
             id=user.id, name=user.username, role=user.role, groups=user.groups, via=via
         )
-        if len(self._principals) >= PRINCIPALS:
-            self._principals.clear()  # records replaced by refreshes: start afresh
-        self._principals[id(user), via] = (user, principal)
+        self._principals.put((id(user), via), (user, principal))
         return principal
 
     def _reject(self, reason: str, message: str) -> Unauthorized:
